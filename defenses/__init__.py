@@ -1,0 +1,1 @@
+"""Defenses, one file each. Importing this package registers them in ``DEFENSES``."""

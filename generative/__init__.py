@@ -1,0 +1,1 @@
+"""Generative models (AE, VAE, GAN) used as attack generators and purifiers."""

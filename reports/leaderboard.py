@@ -1,0 +1,162 @@
+"""Leaderboards (Markdown, CSV, JSON) and accuracy-vs-eps curves, read from the results store alone.
+
+Nothing here computes an accuracy: every number is a stored result row.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from robustbench_lite.store import Store
+
+FORMATS = ("md", "csv", "json")
+WORST = "worst case"
+
+
+def frame(store: Store) -> pd.DataFrame:
+    """All stored cells as rows, with ``kind`` = the single attack's spec or ``worst case``."""
+    df = store.dataframe()
+    if df.empty:
+        return df
+    df["n_attacks"] = df["attacks"].str.count(r"\+") + 1
+    df["kind"] = df["attacks"].where(df["n_attacks"] == 1, WORST)
+    return df
+
+
+def table(store: Store, headline_eps: float = 0.1, norm: str = "linf") -> pd.DataFrame:
+    """One row per model at the headline eps, ranked by worst-case robust accuracy.
+
+    Per model the largest evaluated subset is used; its worst case is the stored cell
+    with the most attacks (ties: the lowest accuracy), so the ranking never rests on a
+    weaker attack list than the one shown.
+    """
+    df = frame(store)
+    if df.empty:
+        return pd.DataFrame()
+    df = df[(df["norm"] == norm) & (df["eps"].sub(headline_eps).abs() < 1e-9)]
+    rows = []
+    for (model, dataset), g in df.groupby(["model", "dataset"], sort=False):
+        g = g[g["n"] == g["n"].max()]
+        worst = g.sort_values(["n_attacks", "robust_acc"], ascending=[False, True]).iloc[0]
+        row: dict[str, Any] = {"model": model, "arch": worst["arch"], "recipe": worst["recipe"], "dataset": dataset,
+                               "eps": headline_eps, "n": int(worst["n"]), "clean_acc": worst["clean_acc"]}
+        for _, single in g[g["n_attacks"] == 1].iterrows():
+            row[single["attacks"]] = single["robust_acc"]
+        row.update(robust_acc=worst["robust_acc"], robust_acc_ci_low=worst["robust_acc_ci_low"],
+                   robust_acc_ci_high=worst["robust_acc_ci_high"], robust_top5=worst["robust_top5"],
+                   worst_case_over=worst["attacks"])
+        rows.append(row)
+    out = pd.DataFrame(rows).sort_values(["robust_acc", "clean_acc"], ascending=False).reset_index(drop=True)
+    out.insert(0, "rank", range(1, len(out) + 1))
+    return out
+
+
+def _pct(v: Any) -> str:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
+
+
+def markdown(store: Store, headline_eps: float = 0.1) -> str:
+    t = table(store, headline_eps)
+    if t.empty:
+        return "No results in the store yet. Run `rbl run` or `rbl eval` first.\n"
+    attack_cols = [c for c in t.columns if c not in {"rank", "model", "arch", "recipe", "dataset", "eps", "n", "clean_acc",
+                                                     "robust_acc", "robust_acc_ci_low", "robust_acc_ci_high",
+                                                     "robust_top5", "worst_case_over"}]
+    head = ["#", "model", "arch", "recipe", "clean %"] + [f"{c} %" for c in attack_cols] + ["worst case % (95% CI)", "top-5 worst %", "n"]
+    lines = [
+        f"# Leaderboard: {t['dataset'].iloc[0]} L-inf eps = {headline_eps}",
+        "",
+        "Robust accuracy counts an example only if it is clean-correct and correct under every attack "
+        "(per-example worst case). Ranked by worst-case robust accuracy.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---:" if h not in ("model", "arch", "recipe") else "---" for h in head]) + "|",
+    ]
+    for _, r in t.iterrows():
+        cells = [str(r["rank"]), f"`{r['model']}`", r["arch"], r["recipe"], _pct(r["clean_acc"])]
+        cells += [_pct(r.get(c)) for c in attack_cols]
+        cells += [f"**{_pct(r['robust_acc'])}** ({_pct(r['robust_acc_ci_low'])}–{_pct(r['robust_acc_ci_high'])})",
+                  _pct(r["robust_top5"]), str(r["n"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "![accuracy vs eps](accuracy_vs_eps.png)", ""]
+    return "\n".join(lines)
+
+
+def render(store: Store, fmt: str, headline_eps: float = 0.1) -> str:
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")
+    if fmt == "md":
+        return markdown(store, headline_eps)
+    if fmt == "csv":
+        df = frame(store)
+        return df.drop(columns=["n_attacks"], errors="ignore").to_csv(index=False)
+    return json.dumps(table(store, headline_eps).to_dict(orient="records"), indent=2) + "\n"
+
+
+def plot(store: Store, path: Path, norm: str = "linf") -> Path:
+    """Accuracy vs eps: one panel per model, one curve per attack, the worst case with its CI."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    df = frame(store)
+    df = df[df["norm"] == norm]
+    models = list(dict.fromkeys(df["model"]))
+    cols = min(3, max(1, len(models)))
+    rows = math.ceil(len(models) / cols) if models else 1
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False, sharey=True)
+    for ax, model in zip(axes.flat, models):
+        g = df[df["model"] == model]
+        g = g[g["n"] == g["n"].max()]
+        for kind, k in g.groupby("kind", sort=False):
+            k = k.sort_values("eps").drop_duplicates("eps", keep="last")
+            style = dict(color="black", linewidth=2.2, marker="s") if kind == WORST else dict(marker="o", linewidth=1.3)
+            ax.plot(k["eps"], k["robust_acc"], label=kind, **style)
+            if kind == WORST:
+                ax.fill_between(k["eps"], k["robust_acc_ci_low"], k["robust_acc_ci_high"], color="black", alpha=0.12)
+        ax.set_title(f"{model} (n={int(g['n'].max())})", fontsize=9)
+        ax.set_xlabel(f"eps ({norm})")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("top-1 accuracy")
+    for ax in list(axes.flat)[len(models):]:
+        ax.axis("off")
+    if models:
+        axes.flat[0].legend(fontsize=8, loc="upper right")
+    fig.suptitle("Accuracy under attack vs eps (worst case shaded with its 95% Wilson interval)", fontsize=10)
+    fig.tight_layout()
+    _atomic(path, lambda p: fig.savefig(p, dpi=110))
+    plt.close(fig)
+    return path
+
+
+def _atomic(path: Path, write: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_all(store: Store, out: Path, headline_eps: float = 0.1) -> list[Path]:
+    """Write leaderboard.md, leaderboard.csv, leaderboard.json and accuracy_vs_eps.png into ``out``."""
+    out = Path(out)
+    written = []
+    for fmt, name in (("md", "leaderboard.md"), ("csv", "leaderboard.csv"), ("json", "leaderboard.json")):
+        text = render(store, fmt, headline_eps)
+        _atomic(out / name, lambda p, t=text: Path(p).write_text(t))
+        written.append(out / name)
+    written.append(plot(store, out / "accuracy_vs_eps.png"))
+    return written

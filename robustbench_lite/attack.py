@@ -1,0 +1,176 @@
+"""The attack protocol and the gradient loop that FGSM, BIM, ILLC and PGD share.
+
+Attacks are stateless: the model, inputs, labels and threat come in on every call, and
+hyperparameters are frozen keyword-only dataclass fields. An attack returns x_adv; the
+engine checks it against the threat and judges it.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import warnings
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .threat import Threat
+
+TARGETS = ("none", "least_likely", "next", "random")
+DIRECTIONS = ("sign", "gradient")
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run in eval mode and restore the caller's mode, so batch-norm statistics never move."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def check_batch(x: torch.Tensor, y: torch.Tensor, bounds: tuple[float, float] = (0.0, 1.0)) -> None:
+    """Raise on inputs that no attack or model can meaningfully process."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got {type(x).__name__} {getattr(x, 'dtype', '')}")
+    if x.ndim != 4:
+        raise ValueError(f"x must have shape (N, C, H, W), got {tuple(x.shape)}")
+    if not isinstance(y, torch.Tensor) or y.dtype != torch.int64 or y.shape != (x.shape[0],):
+        raise ValueError(f"y must be an int64 tensor of shape ({x.shape[0]},), got {getattr(y, 'dtype', type(y))} {tuple(getattr(y, 'shape', ()))}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"x contains {int((~torch.isfinite(x)).sum())} NaN or infinite values")
+    lo, hi = bounds
+    if x.numel() and (x.min() < lo or x.max() > hi):
+        raise ValueError(f"x must lie in the input bounds {bounds}, got range [{x.min().item():.4g}, {x.max().item():.4g}]")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Attack(ABC):
+    """Base class: subclasses add frozen hyperparameter fields and implement ``run``."""
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat,
+                 *, generator: torch.Generator | None = None) -> torch.Tensor:
+        if not isinstance(threat, Threat):
+            raise TypeError(f"threat must be a Threat, got {type(threat).__name__}")
+        check_batch(x, y, threat.bounds)
+        if x.shape[0] == 0:
+            return x.clone()
+        with eval_mode(model):
+            x_adv = self.run(model, x.detach(), y, threat, generator)
+        return x_adv.detach()
+
+    @abstractmethod
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat,
+            generator: torch.Generator | None) -> torch.Tensor: ...
+
+    def config(self) -> dict[str, Any]:
+        """Every hyperparameter, resolved, for the results-store key."""
+        from .registry import ATTACKS
+
+        return {"attack": ATTACKS.name_of(type(self)), **dataclasses.asdict(self)}
+
+
+def targets_for(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mode: str,
+                generator: torch.Generator | None) -> torch.Tensor | None:
+    """Target classes for a targeted attack, or None for an untargeted one."""
+    if mode == "none":
+        return None
+    with torch.no_grad():
+        logits = model(x)
+    k = logits.shape[1]
+    if mode == "least_likely":  # Kurakin 2017: y_LL = argmin p(y|x)
+        return logits.argmin(1)
+    if mode == "next":
+        return (y + 1) % k
+    offset = torch.randint(1, k, y.shape, generator=generator, device=y.device)
+    return (y + offset) % k
+
+
+def _direction(grad: torch.Tensor, threat: Threat, kind: str) -> torch.Tensor:
+    if threat.norm == "l2":
+        norms = grad.flatten(1).norm(p=2, dim=1).clamp_min(1e-12)
+        return grad / norms.view(-1, *([1] * (grad.ndim - 1)))
+    if kind == "sign":
+        return grad.sign()
+    # Raw gradient, scaled so that its largest entry moves by exactly the step size.
+    return grad / grad.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, *([1] * (grad.ndim - 1)))
+
+
+def gradient_steps(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat, *,
+    steps: int, step_size: float, random_start: bool, restarts: int = 1, target: str = "none",
+    direction: str = "sign", early_stop: bool = True, generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Projected gradient ascent on the cross-entropy: the loop behind FGSM, BIM, ILLC and PGD.
+
+    Untargeted steps go up CE(x', y); targeted ones go down CE(x', t). With ``early_stop``
+    a point stops moving once it is misclassified, and later restarts only see the points
+    that every earlier restart failed on, so a weak model costs little.
+    """
+    t = targets_for(model, x, y, target, generator)
+    sign = -1.0 if t is not None else 1.0
+    goal = t if t is not None else y
+    out = x.clone()
+    remaining = torch.arange(x.shape[0], device=x.device)
+    for r in range(restarts):
+        xs, ys, gs = x[remaining], y[remaining], goal[remaining]
+        xa = threat.random_start(xs, generator) if random_start else xs.clone()
+        idx = remaining
+        for _ in range(steps):
+            xa.requires_grad_(True)
+            logits = model(xa)
+            if early_stop:
+                alive = logits.argmax(1) == ys
+                if not bool(alive.all()):
+                    out[idx[~alive]] = xa.detach()[~alive]
+                    keep = alive.nonzero().squeeze(1)
+                    idx, xs, ys, gs = idx[keep], xs[keep], ys[keep], gs[keep]
+                    if idx.numel() == 0:
+                        break
+                    logits = logits[keep]
+            loss = sign * F.cross_entropy(logits, gs, reduction="sum")
+            (grad,) = torch.autograd.grad(loss, xa)
+            if early_stop and grad.shape[0] != xs.shape[0]:
+                grad = grad[keep]
+                xa = xa[keep]
+            xa = threat.project(xa.detach() + step_size * _direction(grad, threat, direction), xs)
+        if idx.numel():
+            out[idx] = xa.detach()
+        if r + 1 < restarts:
+            with torch.no_grad():
+                still = model(out[remaining]).argmax(1) == y[remaining]
+            remaining = remaining[still]
+            if remaining.numel() == 0:
+                break
+    return out
+
+
+def check_steps(name: str, steps: int, restarts: int = 1) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"{name}: steps must be an integer >= 1, got {steps!r}")
+    if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
+        raise ValueError(f"{name}: restarts must be an integer >= 1, got {restarts!r}")
+
+
+def check_choice(name: str, field: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}: {field} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def check_positive(name: str, field: str, value: float | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not math.isfinite(value) or value <= 0):
+        raise ValueError(f"{name}: {field} must be a finite number > 0, got {value!r}")
+
+
+def warn_unreachable(name: str, steps: int, step_size: float, eps: float) -> None:
+    # A default that cannot reach the boundary silently weakens the attack (REFERENCES.md).
+    if math.isfinite(eps) and steps * step_size < eps * (1 - 1e-6):
+        warnings.warn(f"{name}: {steps} steps of {step_size:.4g} cannot reach the eps={eps:.4g} boundary",
+                      stacklevel=3)

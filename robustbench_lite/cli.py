@@ -1,0 +1,218 @@
+"""The ``rbl`` command line. The only place in the package that prints."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's exit code, our prefix
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"rbl: error: {message}\n")
+
+
+def _eps(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"eps must be a number >= 0, got {text!r}") from None
+    if math.isnan(v) or v < 0:
+        raise argparse.ArgumentTypeError(f"eps must be a number >= 0, got {text!r}")
+    return v
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="rbl", description="robustbench_lite: adversarial robustness benchmarks on a CPU.")
+    p.add_argument("--version", action="version", version=f"rbl {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--store", type=Path, help="results store (default $RBL_STORE or the user cache)")
+        sp.add_argument("--data-dir", help="folder searched first for datasets")
+
+    r = sub.add_parser("run", help="train what is missing, run a benchmark profile, write reports")
+    r.add_argument("--profile", default="quick", help="quick (default) or full")
+    r.add_argument("--out", type=Path, default=Path("reports"), help="report folder (default reports/)")
+    common(r)
+
+    t = sub.add_parser("train", help="train a zoo model")
+    t.add_argument("--arch", required=True, help="architecture (rbl list models) or timm:<name>")
+    t.add_argument("--dataset", default="fmnist")
+    t.add_argument("--recipe", default="standard")
+    t.add_argument("--epochs", type=_positive_int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--batch-size", type=_positive_int, default=128)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--train-subset", type=_positive_int, help="train on the first N training points")
+    t.add_argument("--pretrained", help="local weights file to initialise a timm architecture from")
+    t.add_argument("--out", type=Path, help="checkpoint folder (default: the zoo cache entry)")
+    t.add_argument("--data-dir")
+
+    e = sub.add_parser("eval", help="evaluate a model under attacks at one or more eps")
+    src = e.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="zoo name <arch>-<dataset>-<recipe>")
+    src.add_argument("--checkpoint", type=Path, help="a .safetensors (with card) or .pt state dict")
+    e.add_argument("--arch", help="architecture of a --checkpoint without a model card")
+    e.add_argument("--dataset", help="dataset of a --checkpoint without a model card")
+    e.add_argument("--attack", action="append", required=True, metavar="SPEC",
+                   help="name[:key=value,...], repeatable; robust = correct under every attack")
+    e.add_argument("--eps", type=_eps, nargs="+", required=True)
+    e.add_argument("--norm", default="linf", choices=["linf", "l2"])
+    e.add_argument("--n", type=_positive_int, default=1000, help="first N test points (default 1000)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--batch-size", type=_positive_int, default=500)
+    e.add_argument("--json", action="store_true", help="one JSON object per eps")
+    e.add_argument("--no-store", action="store_true", help="do not read or write the results store")
+    common(e)
+
+    lb = sub.add_parser("leaderboard", help="print or write the leaderboard from the store")
+    lb.add_argument("--format", default="md", help="md (default), csv or json")
+    lb.add_argument("--eps", type=_eps, default=0.1, help="headline eps (default 0.1)")
+    lb.add_argument("--out", type=Path, help="write all formats and the plot into this folder")
+    lb.add_argument("--store", type=Path)
+
+    ls = sub.add_parser("list", help="list registered models, attacks, defenses or recipes")
+    ls.add_argument("what", choices=["models", "attacks", "defenses", "recipes"])
+    ls.add_argument("--json", action="store_true")
+    return p
+
+
+def _store(path: Path | None):
+    from .paths import default_store
+    from .store import Store
+
+    return Store(path or default_store())
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from . import profiles
+
+    profile = profiles.get(args.profile)
+    start = time.perf_counter()
+    with _store(args.store) as store:
+        results = profiles.run(profile, store, data_dir=args.data_dir, progress=sys.stderr.isatty(),
+                               on_model=lambda m: print(f"[{time.perf_counter() - start:6.0f}s] {m}", file=sys.stderr))
+        written = profiles.write_reports(store, args.out)
+    print(f"{len(results)} cells in {time.perf_counter() - start:.0f}s; wrote " + ", ".join(map(str, written)))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, train
+
+    cfg = TrainConfig(arch=args.arch, dataset=args.dataset, recipe=args.recipe, epochs=args.epochs, lr=args.lr,
+                      batch_size=args.batch_size, seed=args.seed, train_subset=args.train_subset)
+    card = train(cfg, out=args.out, data_dir=args.data_dir, pretrained=args.pretrained, progress=sys.stderr.isatty())
+    print(f"{card.name}: clean accuracy {card.clean_acc:.4f} after {card.train_seconds:.0f}s "
+          f"(weights sha256 {card.weights_sha256[:16]}...)")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from . import data, specs, zoo
+    from .engine import evaluate
+
+    attacks = [specs.attack(a) for a in args.attack]  # bad specs fail before any loading
+    if args.model:
+        if args.arch or args.dataset:
+            raise ValueError("--arch and --dataset only apply to --checkpoint; a zoo name already fixes them")
+        lm = zoo.load(args.model)
+    else:
+        lm = zoo.load_checkpoint(args.checkpoint, arch=args.arch, dataset=args.dataset)
+    split = data.load(lm.dataset, "test", data_dir=args.data_dir)
+    store = None if args.no_store else _store(args.store)
+    try:
+        results = evaluate(lm, split, attacks, args.eps, norm=args.norm, n=args.n, seed=args.seed,
+                           batch_size=args.batch_size, store=store, progress=sys.stderr.isatty())
+    finally:
+        if store is not None:
+            store.close()
+    for r in results:
+        if args.json:
+            print(json.dumps(r.to_json() | {"attacks": args.attack}))
+        else:
+            lo, hi = r.robust_acc_ci
+            print(f"{r.model} eps={r.eps:g} ({r.norm}) n={r.n}: clean {r.clean_acc:.4f}  robust {r.robust_acc:.4f} "
+                  f"[{lo:.4f}, {hi:.4f}]  top-5 {r.robust_top5:.4f}  under {' + '.join(args.attack)}  ({r.seconds:.1f}s)")
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from reports import leaderboard
+
+    with _store(args.store) as store:
+        if args.out:
+            for path in leaderboard.write_all(store, args.out, headline_eps=args.eps):
+                print(path)
+        else:
+            sys.stdout.write(leaderboard.render(store, args.format, headline_eps=args.eps))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from . import zoo
+    from .registry import ATTACKS, DEFENSES, MODELS, RECIPES
+
+    reg = {"models": MODELS, "attacks": ATTACKS, "defenses": DEFENSES, "recipes": RECIPES}[args.what]
+    items = []
+    for name in reg.names():
+        entry = reg.get(name)
+        doc = (entry.obj.__doc__ or "").strip().splitlines()
+        item = {"name": "fb:<FoolboxAttackName>" if name == "fb" and reg is ATTACKS else name,
+                "summary": doc[0] if doc else ""} | {k: v for k, v in entry.meta.items()}
+        if reg is MODELS:
+            item["trained"] = [m for m in zoo.trained() if m.startswith(f"{name}-")]
+        items.append(item)
+    if args.json:
+        print(json.dumps(items, indent=2))
+    else:
+        for it in items:
+            extra = f"  [trained: {', '.join(it['trained'])}]" if it.get("trained") else ""
+            print(f"{it['name']:28s} {it['summary']}{extra}")
+        if not items:
+            print(f"(no {args.what} registered)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .data import DatasetNotFoundError
+    from .engine import AttackBudgetError
+    from .zoo import CheckpointError, ModelNotTrainedError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    handlers = {"run": cmd_run, "train": cmd_train, "eval": cmd_eval, "leaderboard": cmd_leaderboard, "list": cmd_list}
+    try:
+        return handlers[args.cmd](args)
+    except (ValueError, TypeError, DatasetNotFoundError, CheckpointError, ModelNotTrainedError,
+            AttackBudgetError, FileNotFoundError) as exc:
+        print(f"rbl: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("rbl: interrupted; completed cells are in the store and a rerun resumes", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

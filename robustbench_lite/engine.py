@@ -1,0 +1,275 @@
+"""The one evaluation engine behind the CLI, the API, the reports and the benchmarks.
+
+It enforces the threat model (checks each attack's output against the budget, raises on
+a violation, projects), judges every example with its own forward pass, and counts an
+example as robust only if it is clean-correct and correct under *every* attack in the
+list (the per-example worst case, as AutoAttack does).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import __version__, specs
+from .attack import Attack, eval_mode
+from .data import Split
+from .stats import wilson
+from .threat import Threat
+from .zoo import LoadedModel
+
+
+class AttackBudgetError(RuntimeError):
+    """An attack returned a point outside its threat model."""
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """One cell: a model under a list of attacks at one eps."""
+
+    key: str
+    model: str
+    arch: str
+    recipe: str
+    dataset: str
+    defense: str
+    attacks: tuple[str, ...]
+    norm: str
+    eps: float
+    n: int
+    clean_acc: float
+    robust_acc: float
+    robust_acc_ci: tuple[float, float]
+    clean_top5: float
+    robust_top5: float
+    seconds: float
+    seed: int
+    data_sha256: str
+    weights_sha256: str
+    versions: dict[str, str] = field(default_factory=dict)
+    robust: np.ndarray = field(default_factory=lambda: np.zeros(0, bool), repr=False, compare=False)
+    robust_top5_mask: np.ndarray = field(default_factory=lambda: np.zeros(0, bool), repr=False, compare=False)
+
+    _ARRAYS = ("robust", "robust_top5_mask")
+
+    def to_row(self) -> dict[str, Any]:
+        """A flat row for pandas, the store and the reports (per-example bits left out)."""
+        row = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in self._ARRAYS + ("versions",)}
+        row["attacks"] = "+".join(self.attacks)
+        row["robust_acc_ci_low"], row["robust_acc_ci_high"] = row.pop("robust_acc_ci")
+        row.update({f"version_{k}": v for k, v in self.versions.items()})
+        return row
+
+    def to_record(self) -> dict[str, Any]:
+        """Every field but the per-example bits, JSON-ready; :meth:`from_record` inverts it."""
+        rec = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in self._ARRAYS}
+        return rec | {"attacks": list(self.attacks), "robust_acc_ci": list(self.robust_acc_ci)}
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any], robust: np.ndarray, robust_top5: np.ndarray) -> "EvalResult":
+        return cls(**(rec | {"attacks": tuple(rec["attacks"]), "robust_acc_ci": tuple(rec["robust_acc_ci"]),
+                            "robust": robust, "robust_top5_mask": robust_top5}))
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``rbl eval --json`` object."""
+        return {"model": self.model, "defense": self.defense, "attacks": list(self.attacks), "norm": self.norm,
+                "eps": self.eps, "n": self.n, "clean_acc": self.clean_acc, "robust_acc": self.robust_acc,
+                "robust_acc_ci": list(self.robust_acc_ci), "clean_top5": self.clean_top5,
+                "robust_top5": self.robust_top5, "seconds": self.seconds}
+
+
+def versions() -> dict[str, str]:
+    import foolbox
+    import timm
+
+    return {"robustbench_lite": __version__, "torch": torch.__version__.split("+")[0], "timm": timm.__version__,
+            "foolbox": foolbox.__version__, "python": platform.python_version()}
+
+
+def _state_sha256(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _as_loaded(model: LoadedModel | nn.Module, dataset: str) -> LoadedModel:
+    if isinstance(model, LoadedModel):
+        return model
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module or LoadedModel, got {type(model).__name__}")
+    return LoadedModel(type(model).__name__, model, dataset, _state_sha256(model))
+
+
+def cell_key(config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Logits for ``x`` in batches, in eval mode."""
+    with eval_mode(model):
+        out = [model(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+    logits = torch.cat(out) if out else torch.zeros(0)
+    if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
+        raise ValueError(f"model must return logits of shape (N, classes), got {tuple(logits.shape)}")
+    return logits
+
+
+def _top5(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    k = min(5, logits.shape[1])
+    return (logits.topk(k, dim=1).indices == y[:, None]).any(1)
+
+
+def _check_output(attack: str, x_adv: torch.Tensor, x: torch.Tensor, threat: Threat, tol: float) -> None:
+    if not isinstance(x_adv, torch.Tensor) or x_adv.shape != x.shape or x_adv.dtype != x.dtype or x_adv.device != x.device:
+        raise AttackBudgetError(f"attack {attack} returned {type(x_adv).__name__} {getattr(x_adv, 'dtype', '')} "
+                                f"{tuple(getattr(x_adv, 'shape', ()))}; expected {x.dtype} {tuple(x.shape)} on {x.device}")
+    if not torch.isfinite(x_adv).all():
+        raise AttackBudgetError(f"attack {attack} returned NaN or infinite values")
+    dist = threat.distance(x_adv, x).max().item() if x.shape[0] else 0.0
+    if dist > threat.eps + tol * max(1.0, threat.eps):
+        raise AttackBudgetError(f"attack {attack} left its budget: {threat.norm} distance {dist:.6g} > eps {threat.eps:.6g}")
+    lo, hi = threat.bounds
+    if x_adv.numel() and (x_adv.min().item() < lo - tol or x_adv.max().item() > hi + tol):
+        raise AttackBudgetError(f"attack {attack} left the input bounds {threat.bounds}: "
+                                f"range [{x_adv.min().item():.6g}, {x_adv.max().item():.6g}]")
+
+
+def evaluate(
+    model: LoadedModel | nn.Module,
+    data: Split,
+    attacks: Sequence[str | Attack],
+    eps: Sequence[float] | float,
+    *,
+    norm: str = "linf",
+    n: int | None = None,
+    seed: int = 0,
+    batch_size: int = 500,
+    store: Any | None = None,
+    progress: bool = False,
+    tolerance: float = 1e-5,
+) -> list[EvalResult]:
+    """Evaluate ``model`` on the first ``n`` points of ``data`` under ``attacks`` at each eps.
+
+    Args:
+        model: a zoo/checkpoint :class:`LoadedModel`, or any ``nn.Module`` taking [0, 1] inputs.
+        data: the evaluation split (e.g. ``data.load("fmnist", "test")``).
+        attacks: specs (``"pgd:steps=20"``) or Attack instances, run as a cascade: each
+            attack only sees the points that every earlier one failed on.
+        eps: one radius or a sweep, each >= 0.
+        norm: ``linf`` or ``l2``.
+        n: evaluate the first n points (default: all).
+        seed: seeds every random choice; a cell's result does not depend on other cells.
+        batch_size: points per attack call (> 0).
+        store: a :class:`~robustbench_lite.store.Store`; cells already in it are read, not rerun.
+        progress: show a progress bar.
+        tolerance: slack on the budget check, for float rounding.
+
+    Returns:
+        One :class:`EvalResult` per eps, in the given order.
+    """
+    eps_list = [eps] if isinstance(eps, (int, float)) else list(eps)
+    if not eps_list:
+        raise ValueError("eps must hold at least one value")
+    threats = [Threat(norm, float(e)) for e in eps_list]
+    attack_objs = [specs.attack(a) for a in attacks]
+    if not attack_objs:
+        raise ValueError("attacks must hold at least one attack")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    subset = data.first(n) if n is not None else data
+    lm = _as_loaded(model, data.dataset)
+    if lm.dataset != data.dataset:
+        raise ValueError(f"model {lm.name} was built for {lm.dataset} but the data is {data.dataset}")
+    attack_names = tuple(a if isinstance(a, str) else a.config()["attack"] for a in attacks)
+    base = {"model": lm.name, "weights_sha256": lm.weights_sha256, "dataset": data.dataset, "defense": [],
+            "attacks": [a.config() for a in attack_objs], "norm": norm, "n": len(subset),
+            "data_sha256": subset.sha256(), "seed": seed, "versions": versions()}
+    x = subset.floats()
+    y = subset.labels
+    clean_logits = predict(lm.model, x, batch_size)
+
+    results = []
+    bar = tqdm(total=len(threats) * len(attack_objs), desc=lm.name, disable=not progress, leave=False)
+    for threat in threats:
+        config = {**base, "eps": threat.eps}
+        key = cell_key(config)
+        cached = store.get(key) if store is not None else None
+        if cached is not None:
+            results.append(cached)
+            bar.update(len(attack_objs))
+            continue
+        start = time.perf_counter()
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(int(key[:15], 16))
+        robust = clean_logits.argmax(1) == y
+        clean_correct = robust.clone()
+        top5 = _top5(clean_logits, y)
+        clean_top5 = top5.clone()
+        for name, attack in zip(attack_names, attack_objs):
+            todo = top5.nonzero().squeeze(1)  # top-1 robust points are a subset of these
+            for chunk in todo.split(batch_size):
+                xb, yb = x[chunk], y[chunk]
+                x_adv = attack(lm.model, xb, yb, threat, generator=gen)
+                _check_output(name, x_adv, xb, threat, tolerance)
+                logits = predict(lm.model, threat.project(x_adv, xb), batch_size)
+                robust[chunk] &= logits.argmax(1) == yb
+                top5[chunk] &= _top5(logits, yb)
+            bar.update(1)
+        arch, recipe = (lm.card.arch, lm.card.recipe) if lm.card else (lm.name, "")
+        result = _result(
+            key=key, model=lm.name, arch=arch, recipe=recipe, dataset=data.dataset, defense="none",
+            attacks=attack_names, norm=norm, eps=threat.eps, clean_acc=int(clean_correct.sum()) / len(subset),
+            clean_top5=int(clean_top5.sum()) / len(subset), seconds=time.perf_counter() - start, seed=seed,
+            data_sha256=config["data_sha256"], weights_sha256=lm.weights_sha256, versions=config["versions"],
+            robust=robust.numpy().copy(), robust_top5_mask=top5.numpy().copy(),
+        )
+        if store is not None:
+            store.put(result, config)
+        results.append(result)
+    bar.close()
+    return results
+
+
+def _result(*, robust: np.ndarray, robust_top5_mask: np.ndarray, **fields: Any) -> EvalResult:
+    n = len(robust)
+    k = int(robust.sum())
+    return EvalResult(n=n, robust_acc=k / n, robust_acc_ci=wilson(k, n), robust_top5=int(robust_top5_mask.sum()) / n,
+                      robust=robust, robust_top5_mask=robust_top5_mask, **fields)
+
+
+def combine(results: Sequence[EvalResult]) -> EvalResult:
+    """The per-example worst case of single-attack cells of one model, eps and subset.
+
+    An example is robust only if it is robust in every cell: the same rule as running the
+    attacks as one list, computed from stored bits instead of attacking again.
+    """
+    if len(results) < 2:
+        raise ValueError(f"combine needs at least two results, got {len(results)}")
+    first = results[0]
+    same = ("model", "weights_sha256", "dataset", "defense", "norm", "eps", "n", "data_sha256", "seed")
+    for r in results[1:]:
+        diff = [f for f in same if getattr(r, f) != getattr(first, f)]
+        if diff:
+            raise ValueError(f"cannot combine results that differ in {', '.join(diff)}")
+    attacks = tuple(a for r in results for a in r.attacks)
+    config = {"combined_from": sorted(r.key for r in results)}
+    return _result(
+        key=cell_key(config), model=first.model, arch=first.arch, recipe=first.recipe, dataset=first.dataset,
+        defense=first.defense, attacks=attacks, norm=first.norm, eps=first.eps, clean_acc=first.clean_acc,
+        clean_top5=first.clean_top5, seconds=sum(r.seconds for r in results), seed=first.seed,
+        data_sha256=first.data_sha256, weights_sha256=first.weights_sha256, versions=first.versions,
+        robust=np.logical_and.reduce([r.robust for r in results]),
+        robust_top5_mask=np.logical_and.reduce([r.robust_top5_mask for r in results]),
+    )

@@ -1,0 +1,83 @@
+"""Benchmark profiles: which zoo models, attacks, eps grid and subset ``rbl run`` evaluates."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from . import data as data_mod
+from . import zoo
+from .engine import EvalResult, combine, evaluate
+from .store import Store
+from .train import TrainConfig, train
+
+_log = logging.getLogger(__name__)
+
+EPS_GRID = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2)  # REFERENCES.md, Fashion-MNIST L-inf
+HEADLINE_EPS = 0.1
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    models: tuple[str, ...]
+    attacks: tuple[str, ...]
+    eps: tuple[float, ...] = EPS_GRID
+    n: int = 1000
+    norm: str = "linf"
+    dataset: str = "fmnist"
+
+
+PROFILES = {
+    "quick": Profile(
+        "quick",
+        models=("smallcnn-fmnist-standard", "resnet10t-fmnist-standard", "lcnet_050-fmnist-standard",
+                "vit_tiny_p7-fmnist-standard"),
+        attacks=("fgsm", "bim", "pgd", "illc"),
+        n=1000,
+    ),
+    "full": Profile(
+        "full",
+        models=("smallcnn-fmnist-standard", "resnet10t-fmnist-standard", "lcnet_050-fmnist-standard",
+                "mobilenetv3_small_050-fmnist-standard", "vit_tiny_p7-fmnist-standard"),
+        attacks=("fgsm", "bim", "pgd:steps=50,restarts=5", "illc"),
+        n=10000,
+    ),
+}
+
+
+def get(name: str) -> Profile:
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; allowed: {', '.join(PROFILES)}")
+    return PROFILES[name]
+
+
+def run(profile: Profile, store: Store, *, data_dir: str | None = None, progress: bool = False,
+        on_model: Callable[[str], Any] | None = None) -> list[EvalResult]:
+    """Train what is missing, evaluate every (model, attack, eps) cell, then the per-example
+    worst case over the attacks. Cells already in the store are read, not recomputed."""
+    test = data_mod.load(profile.dataset, "test", data_dir=data_dir)
+    results: list[EvalResult] = []
+    for name in profile.models:
+        if on_model:
+            on_model(name)
+        arch, dataset, recipe = zoo.parse_name(name)
+        if not zoo.is_trained(name):
+            _log.info("training %s", name)
+            train(TrainConfig(arch=arch, dataset=dataset, recipe=recipe), data_dir=data_dir, progress=progress)
+        model = zoo.load(name)
+        per_attack = [evaluate(model, test, [a], profile.eps, norm=profile.norm, n=profile.n, store=store,
+                               progress=progress) for a in profile.attacks]
+        for cells in zip(*per_attack):
+            results += cells
+            worst = combine(cells)
+            store.put(worst, {"combined_from": sorted(c.key for c in cells)})
+            results.append(worst)
+    return results
+
+
+def write_reports(store: Store, out: Path) -> list[Path]:
+    from reports import leaderboard
+
+    return leaderboard.write_all(store, out, headline_eps=HEADLINE_EPS)

@@ -1,0 +1,57 @@
+"""Method specs on the command line: ``name[:key=value,...]``, e.g. ``pgd:steps=20,restarts=2``
+or ``fb:LinfPGD:steps=40``."""
+from __future__ import annotations
+
+import ast
+from typing import Any
+
+from .attack import Attack
+from .registry import ATTACKS
+
+
+def _value(text: str) -> Any:
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    try:
+        return ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        return text.strip()
+
+
+def parse(spec: str) -> tuple[str, dict[str, Any]]:
+    """Split ``name[:key=value,...]`` into the name and keyword arguments."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"empty method spec {spec!r}; expected name[:key=value,...]")
+    name, _, args = spec.strip().partition(":")
+    if name == "fb":  # foolbox names carry their own colon: fb:LinfPGD:steps=10
+        fb_name, _, args = args.partition(":")
+        name = f"fb:{fb_name}"
+    kw: dict[str, Any] = {}
+    for item in filter(None, (a.strip() for a in args.split(","))):
+        key, eq, val = item.partition("=")
+        if not eq or not key.strip().isidentifier():
+            raise ValueError(f"bad argument {item!r} in spec {spec!r}; expected key=value")
+        kw[key.strip()] = _value(val)
+    return name, kw
+
+
+def create(registry: Any, spec: str) -> Any:
+    """Instantiate a spec from a registry, turning bad keywords into a ValueError naming the allowed ones."""
+    name, kw = parse(spec)
+    if name.startswith("fb:"):
+        return registry.create("fb", attack=name[3:], options=tuple(sorted(kw.items())))
+    entry = registry.get(name)
+    try:
+        return entry.obj(**kw)
+    except TypeError as exc:
+        import dataclasses
+
+        allowed = [f.name for f in dataclasses.fields(entry.obj)] if dataclasses.is_dataclass(entry.obj) else []
+        raise ValueError(f"bad arguments {kw} for {registry.kind} {name!r} ({exc}); allowed: {', '.join(allowed) or 'none'}") from exc
+
+
+def attack(spec: str | Attack) -> Attack:
+    return spec if isinstance(spec, Attack) else create(ATTACKS, spec)

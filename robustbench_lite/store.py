@@ -1,0 +1,80 @@
+"""The results store: one SQLite row per evaluated cell, keyed by the hash of its full config.
+
+A cell is written in one transaction after it is computed, so a run killed at any point
+and restarted ends with every cell exactly once; ``INSERT OR IGNORE`` keeps the first.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .engine import EvalResult
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (
+    key TEXT PRIMARY KEY,
+    created TEXT NOT NULL DEFAULT (datetime('now')),
+    config TEXT NOT NULL,
+    row TEXT NOT NULL,
+    robust BLOB NOT NULL
+)
+"""
+
+
+class Store:
+    """SQLite-backed result rows. Reports read only from here."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(_SCHEMA)
+        self._db.commit()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def put(self, result: EvalResult, config: dict[str, Any]) -> None:
+        row = result.to_record()
+        with self._db:
+            self._db.execute(
+                "INSERT OR IGNORE INTO results (key, config, row, robust) VALUES (?, ?, ?, ?)",
+                (result.key, json.dumps(config, sort_keys=True, default=str), json.dumps(row), np.packbits(np.concatenate([result.robust, result.robust_top5_mask])).tobytes()),
+            )
+
+    def get(self, key: str) -> EvalResult | None:
+        cur = self._db.execute("SELECT row, robust FROM results WHERE key = ?", (key,))
+        hit = cur.fetchone()
+        return None if hit is None else _result(json.loads(hit[0]), hit[1])
+
+    def __len__(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM results").fetchone()[0])
+
+    def results(self) -> list[EvalResult]:
+        cur = self._db.execute("SELECT row, robust FROM results ORDER BY created, key")
+        return [_result(json.loads(r), b) for r, b in cur.fetchall()]
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [r.to_row() for r in self.results()]
+
+    def dataframe(self) -> "Any":
+        import pandas as pd
+
+        return pd.DataFrame(self.rows())
+
+
+def _result(record: dict[str, Any], bits: bytes) -> EvalResult:
+    n = record["n"]
+    both = np.unpackbits(np.frombuffer(bits, dtype=np.uint8))[: 2 * n].astype(bool)
+    return EvalResult.from_record(record, both[:n], both[n:])

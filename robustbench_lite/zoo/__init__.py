@@ -1,0 +1,101 @@
+"""The model zoo: architectures adapted per dataset, and trained checkpoints named
+``<arch>-<dataset>-<recipe>`` (e.g. ``smallcnn-fmnist-standard``) in the user cache."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from ..data import DATASETS
+from ..paths import cache_dir
+from ..registry import MODELS, RECIPES
+from .archs import Normalized, build
+from .checkpoint import CARD, WEIGHTS, CheckpointError, ModelCard, file_sha256, load_into, read_state, save
+
+
+class ModelNotTrainedError(FileNotFoundError):
+    pass
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """A model ready for evaluation, with what identifies it in the results store."""
+
+    name: str
+    model: nn.Module
+    dataset: str
+    weights_sha256: str
+    card: ModelCard | None = None
+
+
+def zoo_name(arch: str, dataset: str, recipe: str) -> str:
+    return f"{arch}-{dataset}-{recipe}"
+
+
+def parse_name(name: str) -> tuple[str, str, str]:
+    """Split and validate ``<arch>-<dataset>-<recipe>``."""
+    parts = name.split("-")
+    if len(parts) != 3:
+        raise ValueError(f"zoo model name must look like <arch>-<dataset>-<recipe> (e.g. smallcnn-fmnist-standard), got {name!r}")
+    arch, dataset, recipe = parts
+    MODELS.get(arch)
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r} in {name!r}; allowed: {', '.join(DATASETS)}")
+    RECIPES.get(recipe)
+    return arch, dataset, recipe
+
+
+def checkpoint_dir(name: str) -> Path:
+    return cache_dir() / "zoo" / name
+
+
+def is_trained(name: str) -> bool:
+    d = checkpoint_dir(name)
+    return (d / WEIGHTS).is_file() and (d / CARD).is_file()
+
+
+def trained() -> list[str]:
+    """Names of the zoo models with a checkpoint in the cache."""
+    root = cache_dir() / "zoo"
+    return sorted(p.name for p in root.iterdir() if is_trained(p.name)) if root.is_dir() else []
+
+
+def load(name: str) -> LoadedModel:
+    """Load a trained zoo model, verifying its weights against the card's sha256."""
+    arch, dataset, recipe = parse_name(name)
+    d = checkpoint_dir(name)
+    if not is_trained(name):
+        raise ModelNotTrainedError(
+            f"zoo model {name!r} has no checkpoint in {d}; train it with "
+            f"`rbl train --arch {arch} --dataset {dataset} --recipe {recipe}` (or `rbl run` trains its profile)")
+    return load_checkpoint(d / WEIGHTS)
+
+
+def load_checkpoint(path: str | Path, arch: str | None = None, dataset: str | None = None) -> LoadedModel:
+    """Load a user's checkpoint: a zoo folder, a ``.safetensors`` with its card, or a plain
+    state dict (``.pt``/``.safetensors``) with ``arch`` and ``dataset`` given."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / WEIGHTS
+    card = None
+    for candidate in (path.with_suffix(".json"), path.parent / CARD):
+        if candidate.is_file() and path.suffix == ".safetensors":
+            card = ModelCard.from_json(candidate)
+            break
+    arch = arch or (card.arch if card else None)
+    dataset = dataset or (card.dataset if card else None)
+    if arch is None or dataset is None:
+        raise CheckpointError(f"checkpoint {path} has no model card beside it; pass --arch and --dataset")
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; allowed: {', '.join(DATASETS)}")
+    state = read_state(path, expected_sha256=card.weights_sha256 if card else None)
+    model = build(arch, DATASETS[dataset])
+    load_into(model, state, path)
+    model.eval()
+    sha = card.weights_sha256 if card else file_sha256(path)
+    return LoadedModel(card.name if card else path.stem, model, dataset, sha, card)
+
+
+__all__ = ["CheckpointError", "LoadedModel", "ModelCard", "ModelNotTrainedError", "Normalized", "build",
+           "checkpoint_dir", "is_trained", "load", "trained", "load_checkpoint", "parse_name", "save", "zoo_name"]

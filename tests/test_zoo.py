@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import json
+import os
+import pickle
+
+import pytest
+import torch
+
+from robustbench_lite import data, zoo
+from robustbench_lite.registry import MODELS
+from robustbench_lite.zoo import CheckpointError
+
+FMNIST = data.DATASETS["fmnist"]
+
+
+@pytest.mark.parametrize("arch", MODELS.names())
+def test_every_arch_takes_unit_inputs_and_returns_logits(arch):
+    torch.manual_seed(0)
+    model = zoo.build(arch, FMNIST).eval()
+    out = model(torch.rand(3, 1, 28, 28))
+    assert out.shape == (3, 10) and torch.isfinite(out).all()
+    # normalization lives inside the model
+    assert torch.allclose(model.mean.flatten(), torch.tensor([0.2860])) and torch.allclose(model.std.flatten(), torch.tensor([0.3530]))
+
+
+def test_smallcnn_is_the_166k_network_of_the_reference():
+    n = sum(p.numel() for p in zoo.build("smallcnn", FMNIST).parameters())
+    assert n == 166_406
+
+
+def test_card_round_trip_and_sha(trained, tmp_path):
+    card = trained.card
+    assert card.arch == "smallcnn" and card.recipe == "standard" and card.dataset == "fmnist"
+    assert {"epochs", "lr", "batch_size", "optimizer"} <= card.hyperparameters.keys()
+    assert len(card.weights_sha256) == 64 and len(card.data_sha256) == 64 and 0.7 < card.clean_acc < 1
+    again = zoo.load_checkpoint(zoo.checkpoint_dir(trained.name))
+    for (k, v), (k2, v2) in zip(trained.model.state_dict().items(), again.model.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+
+
+def _copy_checkpoint(trained, dst):
+    import shutil
+
+    shutil.copytree(zoo.checkpoint_dir(trained.name), dst)
+    return dst
+
+
+def test_corrupt_weights_are_detected(trained, tmp_path):
+    d = _copy_checkpoint(trained, tmp_path / "ck")
+    raw = bytearray((d / "model.safetensors").read_bytes())
+    raw[-10] ^= 0xFF
+    (d / "model.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="is corrupt: sha256"):
+        zoo.load_checkpoint(d)
+
+
+def test_truncated_safetensors_without_card_is_rejected(trained, tmp_path):
+    src = zoo.checkpoint_dir(trained.name) / "model.safetensors"
+    (tmp_path / "w.safetensors").write_bytes(src.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="not a valid safetensors file"):
+        zoo.load_checkpoint(tmp_path / "w.safetensors", arch="smallcnn", dataset="fmnist")
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/rbl-pwned",))
+
+
+def test_untrusted_pickles_are_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"w": _Evil()}, f, protocol=2)
+    with pytest.raises(CheckpointError, match="refusing checkpoint .*weights_only=True"):
+        zoo.load_checkpoint(path, arch="smallcnn", dataset="fmnist")
+    assert not os.path.exists("/tmp/rbl-pwned")
+
+
+def test_plain_state_dict_loads_with_arch_and_dataset(trained, tmp_path):
+    path = tmp_path / "net.pt"
+    torch.save(trained.model.net.state_dict(), path)  # a bare network, as users usually save it
+    lm = zoo.load_checkpoint(path, arch="smallcnn", dataset="fmnist")
+    x = torch.rand(4, 1, 28, 28)
+    assert torch.equal(lm.model(x), trained.model(x))
+    with pytest.raises(CheckpointError, match="no model card beside it; pass --arch and --dataset"):
+        zoo.load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="does not fit the architecture"):
+        zoo.load_checkpoint(path, arch="lcnet_050", dataset="fmnist")
+
+
+def test_timm_local_pretrained_weights_load_through_the_same_path(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    imagenet = timm.create_model("resnet10t", pretrained=False)  # 3 channels, 1000 classes
+    path = tmp_path / "resnet10t.safetensors"
+    save_file({k: v.contiguous() for k, v in imagenet.state_dict().items()}, str(path))
+    model = zoo.build("resnet10t", FMNIST, pretrained=str(path))
+    sd, ref = model.net.state_dict(), imagenet.state_dict()
+    # timm adapts the RGB stem to one channel by summing, and keeps every body weight
+    assert torch.allclose(sd["conv1.0.weight"], ref["conv1.0.weight"].sum(1, keepdim=True))
+    assert torch.equal(sd["layer4.0.conv1.weight"], ref["layer4.0.conv1.weight"])
+    assert sd["fc.weight"].shape == (10, 512)
+
+
+@pytest.mark.parametrize("name,match", [
+    ("smallcnn-fmnist", "must look like <arch>-<dataset>-<recipe>"),
+    ("smallcn-fmnist-standard", "unknown model architecture 'smallcn'; did you mean 'smallcnn'"),
+    ("smallcnn-svhn-standard", "unknown dataset 'svhn'"),
+    ("smallcnn-fmnist-madry", "unknown training recipe 'madry'"),
+])
+def test_bad_zoo_names(name, match):
+    with pytest.raises(ValueError, match=match):
+        zoo.load(name)
+
+
+def test_untrained_zoo_model_says_how_to_train_it():
+    with pytest.raises(zoo.ModelNotTrainedError, match="rbl train --arch lcnet_050 --dataset mnist --recipe standard"):
+        zoo.load("lcnet_050-mnist-standard")
+
+
+def test_card_missing_fields_is_an_error(trained, tmp_path):
+    d = _copy_checkpoint(trained, tmp_path / "ck")
+    card = json.loads((d / "card.json").read_text())
+    del card["arch"]
+    (d / "card.json").write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match=r"model card lacks \['arch'\]"):
+        zoo.load_checkpoint(d)
