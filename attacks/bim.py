@@ -12,13 +12,18 @@ from robustbench_lite.registry import ATTACKS
 from robustbench_lite.threat import Threat
 
 
-def kurakin_schedule(eps: float, steps: int | None, step_size: float | None) -> tuple[int, float]:
-    """Kurakin's defaults on the 0-255 scale: steps = min(eps + 4, 1.25 eps), alpha = 1.
+def kurakin_schedule(threat: Threat, steps: int | None, step_size: float | None) -> tuple[int, float]:
+    """Kurakin's L-inf defaults on the 0-255 scale: steps = min(eps + 4, 1.25 eps), alpha = 1.
 
     The step is max(1/255, eps/10): the 1/255 floor is Kurakin's own and guarantees that
     steps * alpha >= eps, so the boundary is always reachable; eps/10 is the usual larger
-    step at big budgets.
+    step at big budgets. The 0-255 pixel scale means nothing for an L2 radius, so there
+    the default is 20 steps of 2.5 eps / 20.
     """
+    eps = threat.eps
+    if threat.norm == "l2":
+        n = steps if steps is not None else 20
+        return n, step_size if step_size is not None else 2.5 * eps / n
     e255 = eps * 255.0
     n = steps if steps is not None else max(1, math.ceil(min(e255 + 4, 1.25 * e255)))
     alpha = step_size if step_size is not None else max(1 / 255, eps / 10)
@@ -55,7 +60,7 @@ class BIM(Attack):
             generator: torch.Generator | None) -> torch.Tensor:
         if threat.eps == 0:
             return x.clone()
-        steps, alpha = kurakin_schedule(threat.eps, self.steps, self.step_size)
+        steps, alpha = kurakin_schedule(threat, self.steps, self.step_size)
         warn_unreachable("bim", steps, alpha, threat.eps)
         return gradient_steps(model, x, y, threat, steps=steps, step_size=alpha, random_start=False,
                               early_stop=self.early_stop, generator=generator)

@@ -25,6 +25,20 @@ def _foolbox_attacks() -> dict[str, type]:
             and not getattr(c, "__abstractmethods__", None)}
 
 
+class _Detached(nn.Module):
+    """Calls ``model`` with detached parameters: foolbox backpropagates through the whole
+    graph, and the caller's ``.grad`` fields must stay untouched."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self._model = [model]  # a list, so the model is not registered as a submodule
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        model = self._model[0]
+        state = {k: v.detach() for k, v in model.state_dict(keep_vars=True).items()}
+        return torch.func.functional_call(model, state, (x,))
+
+
 @ATTACKS.register("fb", example={"attack": "LinfPGD", "options": (("abs_stepsize", 0.025), ("steps", 10))})
 @dataclass(frozen=True, kw_only=True)
 class FoolboxAttack(Attack):
@@ -71,7 +85,7 @@ class FoolboxAttack(Attack):
         want = math.inf if threat.norm == "linf" else 2
         if p is not None and p != want:
             raise ValueError(f"fb:{self.attack} works in the L{p} norm but the threat is {threat.norm}")
-        fmodel = fb.PyTorchModel(model, bounds=threat.bounds)
+        fmodel = fb.PyTorchModel(_Detached(model).train(model.training), bounds=threat.bounds)
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
         # Foolbox draws from torch's global generator; fork it so the caller's stream is untouched.
         with torch.random.fork_rng(devices=[]):

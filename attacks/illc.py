@@ -46,7 +46,7 @@ class ILLC(Attack):
             generator: torch.Generator | None) -> torch.Tensor:
         if threat.eps == 0:
             return x.clone()
-        steps, alpha = kurakin_schedule(threat.eps, self.steps, self.step_size)
+        steps, alpha = kurakin_schedule(threat, self.steps, self.step_size)
         warn_unreachable("illc", steps, alpha, threat.eps)
         return gradient_steps(model, x, y, threat, steps=steps, step_size=alpha, random_start=False,
                               target="least_likely", early_stop=self.early_stop, generator=generator)

@@ -43,11 +43,16 @@ def check_batch(x: torch.Tensor, y: torch.Tensor, bounds: tuple[float, float] = 
         raise ValueError(f"x must have shape (N, C, H, W), got {tuple(x.shape)}")
     if not isinstance(y, torch.Tensor) or y.dtype != torch.int64 or y.shape != (x.shape[0],):
         raise ValueError(f"y must be an int64 tensor of shape ({x.shape[0]},), got {getattr(y, 'dtype', type(y))} {tuple(getattr(y, 'shape', ()))}")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"x contains {int((~torch.isfinite(x)).sum())} NaN or infinite values")
-    lo, hi = bounds
-    if x.numel() and (x.min() < lo or x.max() > hi):
-        raise ValueError(f"x must lie in the input bounds {bounds}, got range [{x.min().item():.4g}, {x.max().item():.4g}]")
+    if x.numel() == 0:
+        return
+    # One pass: NaN propagates into aminmax and inf lands outside any finite box, so the
+    # fast path is a single reduction; the slower diagnosis only runs on the error path.
+    lo, hi = (v.item() for v in torch.aminmax(x))
+    if not (bounds[0] <= lo and hi <= bounds[1]):
+        bad = int((~torch.isfinite(x)).sum())
+        if bad:
+            raise ValueError(f"x contains {bad} NaN or infinite values")
+        raise ValueError(f"x must lie in the input bounds {bounds}, got range [{lo:.4g}, {hi:.4g}]")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,38 +121,44 @@ def gradient_steps(
     t = targets_for(model, x, y, target, generator)
     sign = -1.0 if t is not None else 1.0
     goal = t if t is not None else y
-    out = x.clone()
-    remaining = torch.arange(x.shape[0], device=x.device)
+    out: torch.Tensor | None = None
+    remaining = None  # None means every point: the first restart gathers nothing
     for r in range(restarts):
-        xs, ys, gs = x[remaining], y[remaining], goal[remaining]
-        xa = threat.random_start(xs, generator) if random_start else xs.clone()
-        idx = remaining
+        xs, ys, gs = (x, y, goal) if remaining is None else (x[remaining], y[remaining], goal[remaining])
+        xa = threat.random_start(xs, generator) if random_start else xs
+        idx = remaining if remaining is not None else torch.arange(x.shape[0], device=x.device)
         for _ in range(steps):
-            xa.requires_grad_(True)
+            xa = xa.detach().requires_grad_(True)
             logits = model(xa)
+            keep = None
             if early_stop:
                 alive = logits.argmax(1) == ys
                 if not bool(alive.all()):
+                    out = x.clone() if out is None else out
                     out[idx[~alive]] = xa.detach()[~alive]
                     keep = alive.nonzero().squeeze(1)
                     idx, xs, ys, gs = idx[keep], xs[keep], ys[keep], gs[keep]
                     if idx.numel() == 0:
                         break
                     logits = logits[keep]
-            loss = sign * F.cross_entropy(logits, gs, reduction="sum")
-            (grad,) = torch.autograd.grad(loss, xa)
-            if early_stop and grad.shape[0] != xs.shape[0]:
-                grad = grad[keep]
-                xa = xa[keep]
+            loss = F.cross_entropy(logits, gs, reduction="sum")
+            (grad,) = torch.autograd.grad(loss if sign > 0 else -loss, xa)
+            if keep is not None:
+                grad, xa = grad[keep], xa[keep]
             xa = threat.project(xa.detach() + step_size * _direction(grad, threat, direction), xs)
+        if restarts == 1 and out is None:
+            return xa.detach()  # nothing was frozen early: the last iterate is the answer
+        out = x.clone() if out is None else out
         if idx.numel():
             out[idx] = xa.detach()
         if r + 1 < restarts:
+            pool = torch.arange(x.shape[0], device=x.device) if remaining is None else remaining
             with torch.no_grad():
-                still = model(out[remaining]).argmax(1) == y[remaining]
-            remaining = remaining[still]
+                still = model(out[pool]).argmax(1) == y[pool]
+            remaining = pool[still]
             if remaining.numel() == 0:
                 break
+    assert out is not None
     return out
 
 

@@ -80,8 +80,8 @@ def test_missing_dataset_and_corrupt_checkpoint_exit_2(trained, tmp_path, capsys
 
 
 def test_untrained_model_exit_2(capsys):
-    assert main(["eval", "--model", "lcnet_050-mnist-standard", "--attack", "fgsm", "--eps", "0.1"]) == 2
-    assert "rbl train --arch lcnet_050" in capsys.readouterr().err
+    assert main(["eval", "--model", "mobilenetv3_small_050-mnist-standard", "--attack", "fgsm", "--eps", "0.1"]) == 2
+    assert "rbl train --arch mobilenetv3_small_050" in capsys.readouterr().err
 
 
 def test_list_and_leaderboard(trained, store_path, capsys, tmp_path):

@@ -24,7 +24,7 @@ def test_unknown_name_suggests_close_matches_and_lists_allowed():
 def test_names_and_patterns():
     assert {"fgsm", "bim", "pgd", "illc", "gradient_ascent", "fb"} <= set(ATTACKS.names())
     assert ATTACKS.names("*gd") == ["pgd"]
-    assert {"smallcnn", "resnet10t", "lcnet_050", "vit_tiny_p7"} <= set(MODELS.names())
+    assert {"smallcnn", "resnet10t", "mobilenetv3_small_050", "vit_tiny_p7"} <= set(MODELS.names())
 
 
 @pytest.mark.parametrize("bad", ["PGD", "", "a b"])

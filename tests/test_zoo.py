@@ -85,7 +85,7 @@ def test_plain_state_dict_loads_with_arch_and_dataset(trained, tmp_path):
     with pytest.raises(CheckpointError, match="no model card beside it; pass --arch and --dataset"):
         zoo.load_checkpoint(path)
     with pytest.raises(CheckpointError, match="does not fit the architecture"):
-        zoo.load_checkpoint(path, arch="lcnet_050", dataset="fmnist")
+        zoo.load_checkpoint(path, arch="mobilenetv3_small_050", dataset="fmnist")
 
 
 def test_timm_local_pretrained_weights_load_through_the_same_path(tmp_path):
@@ -116,8 +116,8 @@ def test_bad_zoo_names(name, match):
 
 
 def test_untrained_zoo_model_says_how_to_train_it():
-    with pytest.raises(zoo.ModelNotTrainedError, match="rbl train --arch lcnet_050 --dataset mnist --recipe standard"):
-        zoo.load("lcnet_050-mnist-standard")
+    with pytest.raises(zoo.ModelNotTrainedError, match="rbl train --arch mobilenetv3_small_050 --dataset mnist --recipe standard"):
+        zoo.load("mobilenetv3_small_050-mnist-standard")
 
 
 def test_card_missing_fields_is_an_error(trained, tmp_path):

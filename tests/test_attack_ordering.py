@@ -1,0 +1,26 @@
+"""Checks of REFERENCES.md on every zoo architecture: iterative attacks are at least as
+strong as single-step ones (PGD <= BIM <= FGSM per eps), and the worst case is below each."""
+from __future__ import annotations
+
+import pytest
+
+from robustbench_lite import zoo
+from robustbench_lite.engine import combine, evaluate
+from robustbench_lite.registry import MODELS
+from robustbench_lite.train import TrainConfig, train
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", MODELS.names())
+def test_pgd_below_bim_below_fgsm_on_every_arch(arch, fmnist_test, tmp_path):
+    card = train(TrainConfig(arch=arch, epochs=2, train_subset=5000, batch_size=64), out=tmp_path / arch)
+    lm = zoo.load_checkpoint(tmp_path / arch)
+    assert card.clean_acc > 0.5
+    eps = [0.0, 0.02, 0.05]
+    res = {a: evaluate(lm, fmnist_test, [a], eps, n=200) for a in ("fgsm", "bim", "pgd")}
+    for i, e in enumerate(eps):
+        f, b, p = (res[a][i].robust_acc for a in ("fgsm", "bim", "pgd"))
+        assert p <= b <= f, f"{arch} eps={e}: pgd {p} bim {b} fgsm {f}"
+        worst = combine([res[a][i] for a in res])
+        assert worst.robust_acc <= p
+    assert res["pgd"][-1].robust_acc < res["pgd"][0].robust_acc - 0.2
