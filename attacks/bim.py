@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -51,16 +52,19 @@ class BIM(Attack):
     step_size: float | None = None
     early_stop: bool = True
 
+    _label: ClassVar[str] = "bim"
+    _target: ClassVar[str] = "none"  # ILLC reuses this class with the least-likely target
+
     def __post_init__(self) -> None:
         if self.steps is not None:
-            check_steps("bim", self.steps)
-        check_positive("bim", "step_size", self.step_size)
+            check_steps(self._label, self.steps)
+        check_positive(self._label, "step_size", self.step_size)
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat,
             generator: torch.Generator | None) -> torch.Tensor:
         if threat.eps == 0:
             return x.clone()
         steps, alpha = kurakin_schedule(threat, self.steps, self.step_size)
-        warn_unreachable("bim", steps, alpha, threat.eps)
+        warn_unreachable(self._label, steps, alpha, threat.eps)
         return gradient_steps(model, x, y, threat, steps=steps, step_size=alpha, random_start=False,
-                              early_stop=self.early_stop, generator=generator)
+                              target=self._target, early_stop=self.early_stop, generator=generator)

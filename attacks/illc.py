@@ -2,20 +2,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
-import torch
-from torch import nn
-
-from robustbench_lite.attack import Attack, check_positive, check_steps, gradient_steps, warn_unreachable
 from robustbench_lite.registry import ATTACKS
-from robustbench_lite.threat import Threat
 
-from .bim import kurakin_schedule
+from .bim import BIM
 
 
 @ATTACKS.register("illc")
 @dataclass(frozen=True, kw_only=True)
-class ILLC(Attack):
+class ILLC(BIM):
     """Iterative least-likely class: step *down* CE(X_n, y_LL) with y_LL = argmin p(y|x), clipping as in BIM.
 
     Targeting the least likely class gives the most dramatic mistakes (a sneaker read as
@@ -33,20 +29,5 @@ class ILLC(Attack):
         >>> x_adv = ILLC()(model, x, y, Threat("linf", 0.1))
     """
 
-    steps: int | None = None
-    step_size: float | None = None
-    early_stop: bool = True
-
-    def __post_init__(self) -> None:
-        if self.steps is not None:
-            check_steps("illc", self.steps)
-        check_positive("illc", "step_size", self.step_size)
-
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat,
-            generator: torch.Generator | None) -> torch.Tensor:
-        if threat.eps == 0:
-            return x.clone()
-        steps, alpha = kurakin_schedule(threat, self.steps, self.step_size)
-        warn_unreachable("illc", steps, alpha, threat.eps)
-        return gradient_steps(model, x, y, threat, steps=steps, step_size=alpha, random_start=False,
-                              target="least_likely", early_stop=self.early_stop, generator=generator)
+    _label: ClassVar[str] = "illc"
+    _target: ClassVar[str] = "least_likely"

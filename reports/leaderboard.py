@@ -58,7 +58,7 @@ def table(store: Store, headline_eps: float = 0.1, norm: str = "linf") -> pd.Dat
 
 
 def _pct(v: Any) -> str:
-    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
 
 
 def markdown(store: Store, headline_eps: float = 0.1) -> str:
@@ -73,7 +73,9 @@ def markdown(store: Store, headline_eps: float = 0.1) -> str:
         f"# Leaderboard: {t['dataset'].iloc[0]} L-inf eps = {headline_eps}",
         "",
         "Robust accuracy counts an example only if it is clean-correct and correct under every attack "
-        "(per-example worst case). Ranked by worst-case robust accuracy.",
+        "(per-example worst case). Ranked by worst-case robust accuracy. Top-5 robust accuracy is "
+        "shown only where every attack ran without early stop (a point stopped at the top-1 flip "
+        "keeps its label in the top 5).",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "|".join(["---:" if h not in ("model", "arch", "recipe") else "---" for h in head]) + "|",
@@ -109,7 +111,7 @@ def plot(store: Store, path: Path, norm: str = "linf") -> Path:
     df = frame(store)
     df = df[df["norm"] == norm]
     models = list(dict.fromkeys(df["model"]))
-    cols = min(3, max(1, len(models)))
+    cols = max(1, math.ceil(math.sqrt(len(models))))
     rows = math.ceil(len(models) / cols) if models else 1
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False, sharey=True)
     for ax, model in zip(axes.flat, models):
@@ -122,6 +124,8 @@ def plot(store: Store, path: Path, norm: str = "linf") -> Path:
             if kind == WORST:
                 ax.fill_between(k["eps"], k["robust_acc_ci_low"], k["robust_acc_ci_high"], color="black", alpha=0.12)
         ax.set_title(f"{model} (n={int(g['n'].max())})", fontsize=9)
+        ticks = sorted(g["eps"].unique())
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks], fontsize=8)
         ax.set_xlabel(f"eps ({norm})")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)

@@ -121,6 +121,13 @@ def gradient_steps(
     t = targets_for(model, x, y, target, generator)
     sign = -1.0 if t is not None else 1.0
     goal = t if t is not None else y
+    if random_start or steps * step_size > threat.eps:
+        project = threat.project
+    else:
+        # Steps that cannot add up to more than eps never leave the ball, and clipping to the
+        # box only moves a point towards x: one clamp is the exact projection (FGSM's case).
+        def project(v: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
+            return v.clamp(*threat.bounds)
     out: torch.Tensor | None = None
     remaining = None  # None means every point: the first restart gathers nothing
     for r in range(restarts):
@@ -145,7 +152,7 @@ def gradient_steps(
             (grad,) = torch.autograd.grad(loss if sign > 0 else -loss, xa)
             if keep is not None:
                 grad, xa = grad[keep], xa[keep]
-            xa = threat.project(xa.detach() + step_size * _direction(grad, threat, direction), xs)
+            xa = project(xa.detach() + step_size * _direction(grad, threat, direction), xs)
         if restarts == 1 and out is None:
             return xa.detach()  # nothing was frozen early: the last iterate is the answer
         out = x.clone() if out is None else out

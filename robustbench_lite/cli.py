@@ -153,8 +153,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(json.dumps(r.to_json() | {"attacks": args.attack}))
         else:
             lo, hi = r.robust_acc_ci
+            top5 = "n/a (early stop)" if r.robust_top5 is None else f"{r.robust_top5:.4f}"
             print(f"{r.model} eps={r.eps:g} ({r.norm}) n={r.n}: clean {r.clean_acc:.4f}  robust {r.robust_acc:.4f} "
-                  f"[{lo:.4f}, {hi:.4f}]  top-5 {r.robust_top5:.4f}  under {' + '.join(args.attack)}  ({r.seconds:.1f}s)")
+                  f"[{lo:.4f}, {hi:.4f}]  top-5 {top5}  under {' + '.join(args.attack)}  ({r.seconds:.1f}s)")
     return 0
 
 

@@ -50,7 +50,7 @@ class EvalResult:
     robust_acc: float
     robust_acc_ci: tuple[float, float]
     clean_top5: float
-    robust_top5: float
+    robust_top5: float | None  # None when an attack stopped points at the top-1 flip (see evaluate)
     seconds: float
     seed: int
     data_sha256: str
@@ -198,6 +198,9 @@ def evaluate(
             "data_sha256": subset.sha256(), "seed": seed, "versions": versions()}
     x = subset.floats()
     y = subset.labels
+    # An attack that stops a point as soon as it leaves top-1 leaves it next to the boundary,
+    # with its label still in the top 5: top-5 robustness is only measured without early stop.
+    top5_measured = not any(getattr(a, "early_stop", False) for a in attack_objs)
     clean_logits = predict(lm.model, x, batch_size)
 
     results = []
@@ -229,6 +232,7 @@ def evaluate(
             bar.update(1)
         arch, recipe = (lm.card.arch, lm.card.recipe) if lm.card else (lm.name, "")
         result = _result(
+            top5_measured=top5_measured,
             key=key, model=lm.name, arch=arch, recipe=recipe, dataset=data.dataset, defense="none",
             attacks=attack_names, norm=norm, eps=threat.eps, clean_acc=int(clean_correct.sum()) / len(subset),
             clean_top5=int(clean_top5.sum()) / len(subset), seconds=time.perf_counter() - start, seed=seed,
@@ -242,10 +246,11 @@ def evaluate(
     return results
 
 
-def _result(*, robust: np.ndarray, robust_top5_mask: np.ndarray, **fields: Any) -> EvalResult:
+def _result(*, robust: np.ndarray, robust_top5_mask: np.ndarray, top5_measured: bool, **fields: Any) -> EvalResult:
     n = len(robust)
     k = int(robust.sum())
-    return EvalResult(n=n, robust_acc=k / n, robust_acc_ci=wilson(k, n), robust_top5=int(robust_top5_mask.sum()) / n,
+    top5 = int(robust_top5_mask.sum()) / n if top5_measured else None
+    return EvalResult(n=n, robust_acc=k / n, robust_acc_ci=wilson(k, n), robust_top5=top5,
                       robust=robust, robust_top5_mask=robust_top5_mask, **fields)
 
 
@@ -266,7 +271,7 @@ def combine(results: Sequence[EvalResult]) -> EvalResult:
     attacks = tuple(a for r in results for a in r.attacks)
     config = {"combined_from": sorted(r.key for r in results)}
     return _result(
-        key=cell_key(config), model=first.model, arch=first.arch, recipe=first.recipe, dataset=first.dataset,
+        top5_measured=all(r.robust_top5 is not None for r in results), key=cell_key(config), model=first.model, arch=first.arch, recipe=first.recipe, dataset=first.dataset,
         defense=first.defense, attacks=attacks, norm=first.norm, eps=first.eps, clean_acc=first.clean_acc,
         clean_top5=first.clean_top5, seconds=sum(r.seconds for r in results), seed=first.seed,
         data_sha256=first.data_sha256, weights_sha256=first.weights_sha256, versions=first.versions,

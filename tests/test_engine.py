@@ -155,3 +155,12 @@ def test_iterative_is_at_least_as_strong_as_single_step_per_example(trained, fmn
 def test_unbounded_budget_drives_accuracy_to_zero(trained, fmnist_test):
     r = evaluate(trained, fmnist_test, ["pgd:steps=20,step_size=0.1"], [1.0], n=100)[0]
     assert r.robust_acc == 0.0
+
+
+def test_top5_is_reported_only_when_attacks_run_to_completion(trained, fmnist_test):
+    stopped = evaluate(trained, fmnist_test, ["pgd:steps=10"], [0.1], n=200)[0]
+    full = evaluate(trained, fmnist_test, ["pgd:steps=10,early_stop=False"], [0.1], n=200)[0]
+    assert stopped.robust_top5 is None
+    assert full.robust_top5 is not None and full.robust_top5 < full.clean_top5
+    assert full.robust_acc <= full.robust_top5
+    assert combine([stopped, full]).robust_top5 is None
