@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a zoo model")
     t.add_argument("--arch", required=True, help="architecture (rbl list models) or timm:<name>")
     t.add_argument("--dataset", default="fmnist")
-    t.add_argument("--recipe", default="standard")
+    t.add_argument("--recipe", default="standard", help="name[:key=value,...], e.g. pgd_at:steps=20 (rbl list recipes)")
     t.add_argument("--epochs", type=_positive_int)
     t.add_argument("--lr", type=float)
     t.add_argument("--batch-size", type=_positive_int, default=128)
@@ -119,9 +119,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from . import specs
     from .train import TrainConfig, train
 
-    cfg = TrainConfig(arch=args.arch, dataset=args.dataset, recipe=args.recipe, epochs=args.epochs, lr=args.lr,
+    recipe, recipe_kw = specs.parse(args.recipe)
+    cfg = TrainConfig(arch=args.arch, dataset=args.dataset, recipe=recipe, recipe_kw=tuple(sorted(recipe_kw.items())),
+                      epochs=args.epochs, lr=args.lr,
                       batch_size=args.batch_size, seed=args.seed, train_subset=args.train_subset)
     card = train(cfg, out=args.out, data_dir=args.data_dir, pretrained=args.pretrained, progress=sys.stderr.isatty())
     print(f"{card.name}: clean accuracy {card.clean_acc:.4f} after {card.train_seconds:.0f}s "

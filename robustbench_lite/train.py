@@ -50,7 +50,10 @@ class TrainConfig:
             raise ValueError(f"unknown dataset {self.dataset!r}; allowed: {', '.join(data_mod.DATASETS)}")
         if not self.arch.startswith("timm:"):
             MODELS.get(self.arch)
-        RECIPES.get(self.recipe)
+        try:
+            RECIPES.create(self.recipe, **dict(self.recipe_kw))
+        except TypeError as exc:
+            raise ValueError(f"bad arguments {dict(self.recipe_kw)} for recipe {self.recipe!r}: {exc}") from exc
 
     def resolved(self) -> "TrainConfig":
         meta = {} if self.arch.startswith("timm:") else MODELS.get(self.arch).meta
@@ -94,9 +97,9 @@ def train(config: TrainConfig, *, out: Path | None = None, data_dir: str | None 
         tot_loss = tot_correct = seen = 0
         bar = tqdm(perm.split(cfg.batch_size), desc=f"{cfg.arch} {cfg.recipe} epoch {epoch + 1}/{cfg.epochs}",
                    disable=not progress, leave=False)
-        for idx in bar:
+        for i, idx in enumerate(bar):
             x, y = x_all[idx], y_all[idx]
-            loss, logits = recipe.loss(model, x, y, gen)
+            loss, logits = recipe.loss(model, x, y, gen, (epoch + i / steps_per_epoch) / cfg.epochs)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch + 1}; lower --lr")
             opt.zero_grad(set_to_none=True)

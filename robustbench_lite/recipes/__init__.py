@@ -1,5 +1,5 @@
 """Training recipes, one file each. Importing this package registers them in ``RECIPES``."""
-from . import standard  # noqa: F401
+from . import fgsm_at, pgd_at, standard, trades  # noqa: F401
 from .base import Recipe
 
 __all__ = ["Recipe"]

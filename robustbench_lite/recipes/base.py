@@ -16,8 +16,16 @@ class Recipe(ABC):
 
     @abstractmethod
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (mean training loss, logits on the inputs the loss saw first) for one batch."""
+             generator: torch.Generator, progress: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (mean training loss, logits used for the running accuracy) for one batch.
+
+        ``progress`` is the fraction of training done, in [0, 1], for schedules such as an
+        eps ramp-up."""
 
     def config(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def check_eps(recipe: str, eps: float) -> None:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+        raise ValueError(f"{recipe}: eps must be a number in (0, 1), got {eps!r}")

@@ -30,6 +30,6 @@ class Standard(Recipe):
             raise ValueError(f"standard: label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+             generator: torch.Generator, progress: float) -> tuple[torch.Tensor, torch.Tensor]:
         logits = model(x)
         return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing), logits

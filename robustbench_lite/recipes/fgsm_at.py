@@ -1,0 +1,47 @@
+"""FGSM adversarial training: "Explaining and Harnessing Adversarial Examples",
+Goodfellow et al., 2015, arXiv:1412.6572."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..attack import eval_mode, gradient_steps
+from ..registry import RECIPES
+from ..threat import Threat
+from .base import Recipe, check_eps
+
+
+@RECIPES.register("fgsm_at")
+@dataclass(frozen=True, kw_only=True)
+class FGSMAT(Recipe):
+    """The mixed objective 0.5 * CE(x, y) + 0.5 * CE(x_fgsm, y), with x_fgsm crafted on the
+    current weights (Goodfellow 2015, eq. 6 with alpha = 0.5).
+
+    Args:
+        eps: L-inf radius in (0, 1) (default 0.1).
+        clean_weight: the weight alpha of the clean term, in [0, 1] (default 0.5).
+
+    Example:
+        >>> rbl train --arch smallcnn --recipe fgsm_at
+    """
+
+    eps: float = 0.1
+    clean_weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        check_eps("fgsm_at", self.eps)
+        if not 0 <= self.clean_weight <= 1:
+            raise ValueError(f"fgsm_at: clean_weight must be in [0, 1], got {self.clean_weight!r}")
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             generator: torch.Generator, progress: float) -> tuple[torch.Tensor, torch.Tensor]:
+        with eval_mode(model):
+            x_adv = gradient_steps(model, x, y, Threat("linf", self.eps), steps=1, step_size=self.eps,
+                                   random_start=False, early_stop=False, generator=generator).detach()
+        logits = model(torch.cat([x, x_adv]))
+        clean, adv = logits[: len(x)], logits[len(x):]
+        w = self.clean_weight
+        return w * F.cross_entropy(clean, y) + (1 - w) * F.cross_entropy(adv, y), clean
