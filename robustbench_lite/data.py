@@ -58,6 +58,7 @@ _IDX_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
+_TORCHVISION_DIRS = {"fmnist": "FashionMNIST/raw", "mnist": "MNIST/raw", "cifar10": "cifar-10-batches-bin"}
 _CIFAR_FILES = {"train": [f"data_batch_{i}.bin" for i in range(1, 6)], "test": ["test_batch.bin"]}
 
 
@@ -135,11 +136,8 @@ def _candidates(info: DatasetInfo, data_dir: str | os.PathLike | None) -> list[P
         dirs.append(Path(os.environ["RBL_DATA_DIR"]))
     dirs.append(Path(info.debian_dir))
     dirs.append(cache_dir() / "data" / info.name)
-    # Users point at the parent folder too: accept <dir>/<name>/ and torchvision's <dir>/<Class>/raw/.
-    out = []
-    for d in dirs:
-        out += [d, d / info.name, d / "FashionMNIST" / "raw", d / "MNIST" / "raw", d / "cifar-10-batches-bin"]
-    return out
+    # Users point at the parent folder too: accept <dir>/<name>/ and torchvision's own layout.
+    return [c for d in dirs for c in (d, d / info.name, d / _TORCHVISION_DIRS[info.name])]
 
 
 def _find(info: DatasetInfo, split: str, data_dir: str | os.PathLike | None) -> list[Path] | None:
@@ -228,7 +226,7 @@ def load(
                 error = f"torchvision download failed: {type(exc).__name__}: {exc}"
             paths = _find(info, split, data_dir)
         if paths is None:
-            searched = ", ".join(str(p) for p in _candidates(info, data_dir)[::5])
+            searched = ", ".join(str(p) for p in _candidates(info, data_dir)[::3])
             raise DatasetNotFoundError(
                 f"dataset {name!r} ({split}) not found in {searched}; {error}. To get it, {info.install_hint}."
             )

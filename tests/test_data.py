@@ -108,3 +108,12 @@ def test_cifar_binary_format(tmp_path):
         rows.tofile(tmp_path / name)
     split = data.load("cifar10", "test", data_dir=tmp_path)
     assert split.images.shape == (4, 3, 32, 32) and split.labels.tolist() == [3, 1, 4, 1]
+
+
+def test_torchvision_layout_is_matched_per_dataset(tmp_path):
+    _write_fake(tmp_path / "MNIST" / "raw", n_test=9)
+    assert len(data.load("mnist", "test", data_dir=tmp_path, download=False)) == 9
+    # Fashion-MNIST must never pick up MNIST's files from a shared torchvision root
+    fm = [str(c) for c in data._candidates(data.DATASETS["fmnist"], tmp_path)]
+    assert str(tmp_path / "FashionMNIST" / "raw") in fm
+    assert not any(c.endswith("/MNIST/raw") for c in fm)
