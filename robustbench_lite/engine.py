@@ -221,7 +221,9 @@ def evaluate(
         top5 = _top5(clean_logits, y)
         clean_top5 = top5.clone()
         for name, attack in zip(attack_names, attack_objs):
-            todo = top5.nonzero().squeeze(1)  # top-1 robust points are a subset of these
+            # Early-stopped attacks only decide top-1, so only still-robust points are worth
+            # attacking; full-length ones also get the top-1-fooled points still in the top 5.
+            todo = (top5 if top5_measured else robust).nonzero().squeeze(1)
             for chunk in todo.split(batch_size):
                 xb, yb = x[chunk], y[chunk]
                 x_adv = attack(lm.model, xb, yb, threat, generator=gen)
