@@ -220,7 +220,7 @@ def evaluate(
         clean_correct = robust.clone()
         top5 = _top5(clean_logits, y)
         clean_top5 = top5.clone()
-        for name, attack in zip(attack_names, attack_objs):
+        for name, attack in zip(attack_names, attack_objs, strict=True):
             # Early-stopped attacks only decide top-1, so only still-robust points are worth
             # attacking; full-length ones also get the top-1-fooled points still in the top 5.
             todo = (top5 if top5_measured else robust).nonzero().squeeze(1)

@@ -69,7 +69,7 @@ def run(profile: Profile, store: Store, *, data_dir: str | None = None, progress
         model = zoo.load(name)
         per_attack = [evaluate(model, test, [a], profile.eps, norm=profile.norm, n=profile.n, store=store,
                                progress=progress) for a in profile.attacks]
-        for cells in zip(*per_attack):
+        for cells in zip(*per_attack, strict=True):
             results += cells
             worst = combine(cells)
             store.put(worst, {"combined_from": sorted(c.key for c in cells)})

@@ -4,7 +4,6 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
 
 from attacks import FGSM, PGD
 from robustbench_lite.attack import Attack
