@@ -119,7 +119,6 @@ def gradient_steps(
     that every earlier restart failed on, so a weak model costs little.
     """
     t = targets_for(model, x, y, target, generator)
-    sign = -1.0 if t is not None else 1.0
     goal = t if t is not None else y
     if random_start or steps * step_size > threat.eps:
         project = threat.project
@@ -149,7 +148,7 @@ def gradient_steps(
                         break
                     logits = logits[keep]
             loss = F.cross_entropy(logits, gs, reduction="sum")
-            (grad,) = torch.autograd.grad(loss if sign > 0 else -loss, xa)
+            (grad,) = torch.autograd.grad(-loss if t is not None else loss, xa)
             if keep is not None:
                 grad, xa = grad[keep], xa[keep]
             xa = project(xa.detach() + step_size * _direction(grad, threat, direction), xs)

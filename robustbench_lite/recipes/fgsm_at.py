@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attack import eval_mode, gradient_steps
-from ..registry import RECIPES
+from ..registry import ATTACKS, RECIPES
 from ..threat import Threat
 from .base import Recipe, check_eps
 
@@ -38,9 +37,7 @@ class FGSMAT(Recipe):
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
              generator: torch.Generator, progress: float) -> tuple[torch.Tensor, torch.Tensor]:
-        with eval_mode(model):
-            x_adv = gradient_steps(model, x, y, Threat("linf", self.eps), steps=1, step_size=self.eps,
-                                   random_start=False, early_stop=False, generator=generator).detach()
+        x_adv = ATTACKS.create("fgsm")(model, x, y, Threat("linf", self.eps), generator=generator)
         logits = model(torch.cat([x, x_adv]))
         clean, adv = logits[: len(x)], logits[len(x):]
         w = self.clean_weight

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attack import check_positive, check_steps, eval_mode, gradient_steps
-from ..registry import RECIPES
+from ..attack import check_positive, check_steps
+from ..registry import ATTACKS, RECIPES
 from ..threat import Threat
 from .base import Recipe, check_eps
 
@@ -52,8 +52,8 @@ class PGDAT(Recipe):
         eps = self.current_eps(progress)
         if eps > 0:
             alpha = (self.step_size or 2.5 * self.eps / self.steps) * eps / self.eps
-            with eval_mode(model):  # craft against fixed batch-norm statistics, train on the result
-                x = gradient_steps(model, x, y, Threat("linf", eps), steps=self.steps, step_size=alpha,
-                                   random_start=True, early_stop=False, generator=generator).detach()
+            # The attack crafts in eval mode (fixed batch-norm statistics) and restores train mode.
+            pgd = ATTACKS.create("pgd", steps=self.steps, step_size=alpha, early_stop=False)
+            x = pgd(model, x, y, Threat("linf", eps), generator=generator)
         logits = model(x)
         return F.cross_entropy(logits, y), logits
