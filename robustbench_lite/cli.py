@@ -66,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--train-subset", type=_positive_int, help="train on the first N training points")
     t.add_argument("--pretrained", help="local weights file to initialise a timm architecture from")
+    t.add_argument("--schedule", help="learning-rate schedule: warmup_cosine or cyclic (default: the recipe's)")
     t.add_argument("--out", type=Path, help="checkpoint folder (default: the zoo cache entry)")
+    t.add_argument("--no-resume", action="store_true", help="start afresh even if the folder holds a resume.pt")
     t.add_argument("--data-dir")
 
     e = sub.add_parser("eval", help="evaluate a model under attacks at one or more eps")
@@ -125,10 +127,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     recipe, recipe_kw = specs.parse(args.recipe)
     cfg = TrainConfig(arch=args.arch, dataset=args.dataset, recipe=recipe, recipe_kw=tuple(sorted(recipe_kw.items())),
                       epochs=args.epochs, lr=args.lr,
-                      batch_size=args.batch_size, seed=args.seed, train_subset=args.train_subset)
-    card = train(cfg, out=args.out, data_dir=args.data_dir, pretrained=args.pretrained, progress=sys.stderr.isatty())
-    print(f"{card.name}: clean accuracy {card.clean_acc:.4f} after {card.train_seconds:.0f}s "
+                      batch_size=args.batch_size, seed=args.seed, train_subset=args.train_subset, schedule=args.schedule)
+    card = train(cfg, out=args.out, data_dir=args.data_dir, pretrained=args.pretrained, progress=sys.stderr.isatty(),
+                 resume=not args.no_resume)
+    last = card.curves[-1] if card.curves else {}
+    print(f"{card.name}: clean accuracy {card.clean_acc:.4f}, PGD-10 accuracy (500 test points) "
+          f"{last.get('pgd_acc_test', float('nan')):.4f} after {card.train_seconds:.0f}s "
           f"(weights sha256 {card.weights_sha256[:16]}...)")
+    for note in card.notes:
+        print(f"note: {note}")
     return 0
 
 
@@ -165,9 +172,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from reports import leaderboard
 
+    from .profiles import write_reports
+
     with _store(args.store) as store:
         if args.out:
-            for path in leaderboard.write_all(store, args.out, headline_eps=args.eps):
+            for path in write_reports(store, args.out, headline_eps=args.eps):
                 print(path)
         else:
             sys.stdout.write(leaderboard.render(store, args.format, headline_eps=args.eps))

@@ -1,5 +1,5 @@
 """Training recipes, one file each. Importing this package registers them in ``RECIPES``."""
-from . import fgsm_at, pgd_at, standard, trades  # noqa: F401
-from .base import Recipe
+from . import ensemble_at, fast_at, fgsm_at, pgd_at, standard, trades  # noqa: F401
+from .base import Recipe, Step
 
-__all__ = ["Recipe"]
+__all__ = ["Recipe", "Step"]

@@ -4,23 +4,58 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
 
+from ..attack import eval_mode
+
+#: The eps the loop monitors PGD accuracy at when a recipe has none of its own (standard training).
+MONITOR_EPS = 0.1
+
+
+class Step(NamedTuple):
+    """What a recipe returns for one batch: the loss to minimise, and the logits on clean and on
+    adversarial inputs (None where the recipe does not compute them) for the progress bar."""
+
+    loss: torch.Tensor
+    clean_logits: torch.Tensor | None
+    adv_logits: torch.Tensor | None
+
 
 @dataclass(frozen=True, kw_only=True)
 class Recipe(ABC):
-    """A recipe's hyperparameters are frozen fields; they go into the model card."""
+    """A recipe's hyperparameters are frozen fields; they go into the model card.
+
+    Class attributes:
+        schedule: the learning-rate schedule the loop uses unless told otherwise
+            (a key of ``robustbench_lite.train.SCHEDULES``).
+    """
+
+    schedule: ClassVar[str] = "warmup_cosine"
 
     @abstractmethod
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-             generator: torch.Generator, progress: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (mean training loss, logits used for the running accuracy) for one batch.
+             generator: torch.Generator, progress: float) -> Step:
+        """Return the :class:`Step` of one batch.
 
         ``progress`` is the fraction of training done, in [0, 1], for schedules such as an
         eps ramp-up."""
+
+    def prepare(self, dataset: str) -> None:
+        """Called once before training, for recipes that need more than the batch (static models)."""
+
+    def collapsed(self, history: list[dict[str, float]]) -> str | None:
+        """Given the per-epoch curves so far, return why training has collapsed, or None.
+
+        The loop stops on a collapse and restores the weights of the epoch with the best
+        PGD accuracy on its fixed training subset."""
+        return None
+
+    @property
+    def monitor_eps(self) -> float:
+        return float(getattr(self, "eps", MONITOR_EPS))
 
     def config(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -29,3 +64,22 @@ class Recipe(ABC):
 def check_eps(recipe: str, eps: float) -> None:
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
         raise ValueError(f"{recipe}: eps must be a number in (0, 1), got {eps!r}")
+
+
+def check_fraction(recipe: str, name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"{recipe}: {name} must be a number in [0, 1], got {value!r}")
+
+
+def mixed_loss(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, clean_weight: float) -> Step:
+    """w * CE(x) + (1 - w) * CE(x_adv), with both halves in one forward pass (Goodfellow 2015, eq. 6)."""
+    logits = model(torch.cat([x, x_adv]))
+    clean, adv = logits[: len(x)], logits[len(x):]
+    ce = torch.nn.functional.cross_entropy
+    return Step(clean_weight * ce(clean, y) + (1 - clean_weight) * ce(adv, y), clean, adv)
+
+
+def clean_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Logits on clean inputs for the progress bar only: no graph, and batch-norm statistics untouched."""
+    with torch.no_grad(), eval_mode(model):
+        return model(x)

@@ -5,12 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..registry import ATTACKS, RECIPES
 from ..threat import Threat
-from .base import Recipe, check_eps
+from .base import Recipe, Step, check_eps, check_fraction, mixed_loss
 
 
 @RECIPES.register("fgsm_at")
@@ -32,13 +31,9 @@ class FGSMAT(Recipe):
 
     def __post_init__(self) -> None:
         check_eps("fgsm_at", self.eps)
-        if not 0 <= self.clean_weight <= 1:
-            raise ValueError(f"fgsm_at: clean_weight must be in [0, 1], got {self.clean_weight!r}")
+        check_fraction("fgsm_at", "clean_weight", self.clean_weight)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-             generator: torch.Generator, progress: float) -> tuple[torch.Tensor, torch.Tensor]:
+             generator: torch.Generator, progress: float) -> Step:
         x_adv = ATTACKS.create("fgsm")(model, x, y, Threat("linf", self.eps), generator=generator)
-        logits = model(torch.cat([x, x_adv]))
-        clean, adv = logits[: len(x)], logits[len(x):]
-        w = self.clean_weight
-        return w * F.cross_entropy(clean, y) + (1 - w) * F.cross_entropy(adv, y), clean
+        return mixed_loss(model, x, x_adv, y, self.clean_weight)

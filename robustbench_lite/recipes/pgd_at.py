@@ -11,7 +11,7 @@ from torch import nn
 from ..attack import check_positive, check_steps
 from ..registry import ATTACKS, RECIPES
 from ..threat import Threat
-from .base import Recipe, check_eps
+from .base import Recipe, Step, check_eps, check_fraction, clean_logits
 
 
 @RECIPES.register("pgd_at")
@@ -41,19 +41,19 @@ class PGDAT(Recipe):
         check_eps("pgd_at", self.eps)
         check_steps("pgd_at", self.steps)
         check_positive("pgd_at", "step_size", self.step_size)
-        if not 0 <= self.ramp <= 1:
-            raise ValueError(f"pgd_at: ramp must be in [0, 1], got {self.ramp!r}")
+        check_fraction("pgd_at", "ramp", self.ramp)
 
     def current_eps(self, progress: float) -> float:
         return self.eps if self.ramp == 0 else self.eps * min(1.0, progress / self.ramp)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-             generator: torch.Generator, progress: float) -> tuple[torch.Tensor, torch.Tensor]:
+             generator: torch.Generator, progress: float) -> Step:
         eps = self.current_eps(progress)
+        x_adv = x
         if eps > 0:
             alpha = (self.step_size or 2.5 * self.eps / self.steps) * eps / self.eps
             # The attack crafts in eval mode (fixed batch-norm statistics) and restores train mode.
             pgd = ATTACKS.create("pgd", steps=self.steps, step_size=alpha, early_stop=False)
-            x = pgd(model, x, y, Threat("linf", eps), generator=generator)
-        logits = model(x)
-        return F.cross_entropy(logits, y), logits
+            x_adv = pgd(model, x, y, Threat("linf", eps), generator=generator)
+        logits = model(x_adv)
+        return Step(F.cross_entropy(logits, y), clean_logits(model, x), logits)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import RECIPES
-from .base import Recipe
+from .base import Recipe, Step
 
 
 @RECIPES.register("standard")
@@ -30,6 +30,6 @@ class Standard(Recipe):
             raise ValueError(f"standard: label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-             generator: torch.Generator, progress: float) -> tuple[torch.Tensor, torch.Tensor]:
+             generator: torch.Generator, progress: float) -> Step:
         logits = model(x)
-        return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing), logits
+        return Step(F.cross_entropy(logits, y, label_smoothing=self.label_smoothing), logits, None)

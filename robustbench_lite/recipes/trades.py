@@ -11,7 +11,7 @@ from torch import nn
 from ..attack import check_positive, check_steps, eval_mode
 from ..registry import RECIPES
 from ..threat import Threat
-from .base import Recipe, check_eps
+from .base import Recipe, Step, check_eps
 
 
 @RECIPES.register("trades")
@@ -42,7 +42,7 @@ class TRADES(Recipe):
         check_positive("trades", "step_size", self.step_size)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-             generator: torch.Generator, progress: float) -> tuple[torch.Tensor, torch.Tensor]:
+             generator: torch.Generator, progress: float) -> Step:
         threat = Threat("linf", self.eps)
         alpha = self.step_size or 2.5 * self.eps / self.steps
         with eval_mode(model):
@@ -56,5 +56,6 @@ class TRADES(Recipe):
                 (grad,) = torch.autograd.grad(kl, x_adv)
                 x_adv = threat.project(x_adv.detach() + alpha * grad.sign(), x)
         logits = model(x)
-        robust = F.kl_div(F.log_softmax(model(x_adv.detach()), dim=1), F.softmax(logits, dim=1), reduction="batchmean")
-        return F.cross_entropy(logits, y) + self.beta * robust, logits
+        adv_logits = model(x_adv.detach())
+        robust = F.kl_div(F.log_softmax(adv_logits, dim=1), F.softmax(logits, dim=1), reduction="batchmean")
+        return Step(F.cross_entropy(logits, y) + self.beta * robust, logits, adv_logits)

@@ -61,6 +61,11 @@ def trained() -> list[str]:
     return sorted(p.name for p in root.iterdir() if is_trained(p.name)) if root.is_dir() else []
 
 
+def load_card(name: str) -> ModelCard:
+    """The model card of a trained zoo model (no weights are read)."""
+    return ModelCard.from_json(checkpoint_dir(name) / CARD)
+
+
 def load(name: str) -> LoadedModel:
     """Load a trained zoo model, verifying its weights against the card's sha256."""
     arch, dataset, recipe = parse_name(name)
@@ -98,4 +103,4 @@ def load_checkpoint(path: str | Path, arch: str | None = None, dataset: str | No
 
 
 __all__ = ["CheckpointError", "LoadedModel", "ModelCard", "ModelNotTrainedError", "Normalized", "build",
-           "checkpoint_dir", "is_trained", "load", "trained", "load_checkpoint", "parse_name", "save", "zoo_name"]
+           "checkpoint_dir", "is_trained", "load", "load_card", "trained", "load_checkpoint", "parse_name", "save", "zoo_name"]

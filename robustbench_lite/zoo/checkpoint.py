@@ -40,6 +40,7 @@ class ModelCard:
     versions: dict[str, str] = field(default_factory=dict)
     train_seconds: float = 0.0
     curves: list[dict[str, float]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, path: Path) -> "ModelCard":
