@@ -9,11 +9,12 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pandas as pd
 
 from robustbench_lite.store import Store
+from robustbench_lite.zoo import ModelCard
 
 FORMATS = ("md", "csv", "json")
 WORST = "worst case"
@@ -154,13 +155,21 @@ def _atomic(path: Path, write: Any) -> None:
             os.unlink(tmp)
 
 
-def write_all(store: Store, out: Path, headline_eps: float = 0.1) -> list[Path]:
-    """Write leaderboard.md, leaderboard.csv, leaderboard.json and accuracy_vs_eps.png into ``out``."""
+def write_all(store: Store, out: Path, headline_eps: float = 0.1, cards: Sequence[ModelCard] = ()) -> list[Path]:
+    """Write leaderboard.md, leaderboard.csv, leaderboard.json and accuracy_vs_eps.png into ``out``,
+    and training_curves.png when model cards with curves are given."""
+    from .curves import plot_training
+
     out = Path(out)
     written = []
+    curves = any(c.curves for c in cards)
     for fmt, name in (("md", "leaderboard.md"), ("csv", "leaderboard.csv"), ("json", "leaderboard.json")):
         text = render(store, fmt, headline_eps)
+        if fmt == "md" and curves:
+            text += "\n![training curves](training_curves.png)\n"
         _atomic(out / name, lambda p, t=text: Path(p).write_text(t))
         written.append(out / name)
     written.append(plot(store, out / "accuracy_vs_eps.png"))
+    if curves:
+        written.append(plot_training(cards, out / "training_curves.png"))
     return written

@@ -29,18 +29,23 @@ class Profile:
     dataset: str = "fmnist"
 
 
+ARCHS = ("smallcnn", "resnet10t", "mobilenetv3_small_050", "vit_tiny_p7")
+
+
+def _zoo(archs: tuple[str, ...], recipes: tuple[str, ...], dataset: str = "fmnist") -> tuple[str, ...]:
+    return tuple(zoo.zoo_name(a, dataset, r) for a in archs for r in recipes)
+
+
 PROFILES = {
     "quick": Profile(
         "quick",
-        models=("smallcnn-fmnist-standard", "resnet10t-fmnist-standard", "mobilenetv3_small_050-fmnist-standard",
-                "vit_tiny_p7-fmnist-standard"),
+        models=_zoo(("smallcnn", "resnet10t"), ("standard", "fast_at")),
         attacks=("fgsm", "bim", "pgd", "illc"),
         n=500,  # keeps `make run` within 15 minutes on 2 cores, training included
     ),
     "full": Profile(
         "full",
-        models=("smallcnn-fmnist-standard", "resnet10t-fmnist-standard", "mobilenetv3_small_050-fmnist-standard",
-                "vit_tiny_p7-fmnist-standard"),
+        models=_zoo(ARCHS, ("standard", "fast_at", "pgd_at", "trades")) + _zoo(("smallcnn",), ("fgsm_at", "ensemble_at")),
         attacks=("fgsm", "bim", "pgd:steps=50,restarts=5", "illc"),
         n=10000,
     ),
@@ -77,7 +82,10 @@ def run(profile: Profile, store: Store, *, data_dir: str | None = None, progress
     return results
 
 
-def write_reports(store: Store, out: Path) -> list[Path]:
+def write_reports(store: Store, out: Path, headline_eps: float = HEADLINE_EPS) -> list[Path]:
+    """The leaderboard from the store, and the training curves of every trained zoo model it ranks."""
     from reports import leaderboard
 
-    return leaderboard.write_all(store, out, headline_eps=HEADLINE_EPS)
+    ranked = set(leaderboard.frame(store).get("model", ()))
+    cards = [zoo.load_card(name) for name in zoo.trained() if name in ranked]
+    return leaderboard.write_all(store, out, headline_eps=headline_eps, cards=cards)

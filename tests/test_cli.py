@@ -98,7 +98,8 @@ def test_list_and_leaderboard(trained, store_path, capsys, tmp_path):
     assert main(["leaderboard", "--format", "xml", "--store", str(store_path)]) == 2
     assert "unknown format 'xml'; allowed: md, csv, json" in capsys.readouterr().err
     assert main(["leaderboard", "--out", str(tmp_path / "rep"), "--store", str(store_path)]) == 0
-    assert {p.name for p in (tmp_path / "rep").iterdir()} == {"leaderboard.md", "leaderboard.csv", "leaderboard.json", "accuracy_vs_eps.png"}
+    assert {p.name for p in (tmp_path / "rep").iterdir()} == {"leaderboard.md", "leaderboard.csv", "leaderboard.json",
+                                                              "accuracy_vs_eps.png", "training_curves.png"}
 
 
 def test_train_command(tmp_path, capsys):
@@ -107,6 +108,9 @@ def test_train_command(tmp_path, capsys):
     assert (tmp_path / "m" / "card.json").is_file()
     assert main(["train", "--arch", "smallcnm"]) == 2
     assert "did you mean 'smallcnn'" in capsys.readouterr().err
+    assert main(["train", "--arch", "smallcnn", "--schedule", "steps", "--out", str(tmp_path / "s")]) == 2
+    assert "unknown schedule 'steps'; allowed: warmup_cosine, cyclic" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
 
 
 def test_console_script_exit_code():

@@ -65,4 +65,6 @@ def test_profile_run_writes_cells_worst_case_and_reports(trained, tmp_path):
     assert trained.name in md and "worst case" in md and "pgd:steps=5 %" in md
     png = (tmp_path / "reports" / "accuracy_vs_eps.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
-    assert len(written) == 4
+    curves = (tmp_path / "reports" / "training_curves.png").read_bytes()  # from the model card, beside the weights
+    assert curves[:8] == b"\x89PNG\r\n\x1a\n" and "![training curves](training_curves.png)" in md
+    assert len(written) == 5
