@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="train what is missing, run a benchmark profile, write reports")
     r.add_argument("--profile", default="quick", help="quick (default) or full")
     r.add_argument("--out", type=Path, default=Path("reports"), help="report folder (default reports/)")
+    r.add_argument("--models", nargs="+", metavar="GLOB", help="only the profile's models matching these globs")
+    r.add_argument("--eps", type=_eps, nargs="+", help="evaluate at these eps instead of the profile's grid")
     common(r)
 
     t = sub.add_parser("train", help="train a zoo model")
@@ -62,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--recipe", default="standard", help="name[:key=value,...], e.g. pgd_at:steps=20 (rbl list recipes)")
     t.add_argument("--epochs", type=_positive_int)
     t.add_argument("--lr", type=float)
-    t.add_argument("--batch-size", type=_positive_int, default=128)
+    t.add_argument("--batch-size", type=_positive_int, help="default: the arch's for this recipe, else 128")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--train-subset", type=_positive_int, help="train on the first N training points")
     t.add_argument("--pretrained", help="local weights file to initialise a timm architecture from")
@@ -110,7 +112,7 @@ def _store(path: Path | None):
 def cmd_run(args: argparse.Namespace) -> int:
     from . import profiles
 
-    profile = profiles.get(args.profile)
+    profile = profiles.get(args.profile).select(models=args.models, eps=args.eps)
     start = time.perf_counter()
     with _store(args.store) as store:
         results = profiles.run(profile, store, data_dir=args.data_dir, progress=sys.stderr.isatty(),

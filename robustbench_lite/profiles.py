@@ -1,10 +1,12 @@
 """Benchmark profiles: which zoo models, attacks, eps grid and subset ``rbl run`` evaluates."""
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from . import data as data_mod
 from . import zoo
@@ -27,6 +29,17 @@ class Profile:
     n: int = 1000
     norm: str = "linf"
     dataset: str = "fmnist"
+
+    def select(self, models: Sequence[str] | None = None, eps: Sequence[float] | None = None) -> "Profile":
+        """The same profile restricted to the models matching any of the ``models`` globs (in
+        profile order, so static models come before the recipes that need them), at ``eps``."""
+        chosen = self.models
+        if models:
+            chosen = tuple(m for m in self.models if any(fnmatch.fnmatchcase(m, g) for g in models))
+            if not chosen:
+                raise ValueError(f"no model of profile {self.name!r} matches {' '.join(models)}; "
+                                 f"allowed: {', '.join(self.models)}")
+        return dataclasses.replace(self, models=chosen, eps=tuple(eps) if eps else self.eps)
 
 
 ARCHS = ("smallcnn", "resnet10t", "mobilenetv3_small_050", "vit_tiny_p7")

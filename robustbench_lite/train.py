@@ -35,7 +35,7 @@ class TrainConfig:
     recipe_kw: tuple[tuple[str, Any], ...] = ()
     epochs: int | None = None
     lr: float | None = None
-    batch_size: int = 128
+    batch_size: int | None = None
     weight_decay: float = 5e-4
     seed: int = 0
     train_subset: int | None = None
@@ -47,7 +47,8 @@ class TrainConfig:
             raise ValueError(f"epochs must be an integer >= 1, got {self.epochs!r}")
         if self.lr is not None and not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+        if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
+                                            or self.batch_size < 1):
             raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
         if self.train_subset is not None and (not isinstance(self.train_subset, int) or self.train_subset < 1):
             raise ValueError(f"train_subset must be an integer >= 1, got {self.train_subset!r}")
@@ -66,9 +67,11 @@ class TrainConfig:
 
     def resolved(self) -> "TrainConfig":
         meta = {} if self.arch.startswith("timm:") else MODELS.get(self.arch).meta
-        # An arch may register how long each recipe needs (adversarial training converges slower).
-        epochs = self.epochs or meta.get("recipe_epochs", {}).get(self.recipe) or meta.get("epochs", 5)
-        return dataclasses.replace(self, epochs=epochs, lr=self.lr or meta.get("lr", 1e-3))
+        # An arch may register per-recipe defaults (adversarial training converges slower).
+        per_recipe = meta.get("recipes", {}).get(self.recipe, {})
+        return dataclasses.replace(self, epochs=self.epochs or per_recipe.get("epochs") or meta.get("epochs", 5),
+                                   lr=self.lr or per_recipe.get("lr") or meta.get("lr", 1e-3),
+                                   batch_size=self.batch_size or per_recipe.get("batch_size") or 128)
 
 
 def train(config: TrainConfig, *, out: Path | None = None, data_dir: str | None = None,

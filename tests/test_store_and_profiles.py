@@ -7,6 +7,7 @@ import textwrap
 import time
 
 import numpy as np
+import pytest
 
 from robustbench_lite import profiles
 from robustbench_lite.engine import evaluate
@@ -68,3 +69,12 @@ def test_profile_run_writes_cells_worst_case_and_reports(trained, tmp_path):
     curves = (tmp_path / "reports" / "training_curves.png").read_bytes()  # from the model card, beside the weights
     assert curves[:8] == b"\x89PNG\r\n\x1a\n" and "![training curves](training_curves.png)" in md
     assert len(written) == 5
+
+
+def test_profile_selection_keeps_order_and_names_bad_globs():
+    full = profiles.get("full")
+    sub = full.select(models=["*-ensemble_at", "resnet10t-*-standard"], eps=[0.1])
+    assert sub.models == ("resnet10t-fmnist-standard", "smallcnn-fmnist-ensemble_at") and sub.eps == (0.1,)
+    assert full.select().models == full.models
+    with pytest.raises(ValueError, match="no model of profile 'full' matches lenet-\\*; allowed: smallcnn-fmnist-standard"):
+        full.select(models=["lenet-*"])
