@@ -27,62 +27,81 @@ def frame(store: Store) -> pd.DataFrame:
         return df
     df["n_attacks"] = df["attacks"].str.count(r"\+") + 1
     df["kind"] = df["attacks"].where(df["n_attacks"] == 1, WORST)
+    df["mode"] = df["mode"].fillna("none") if "mode" in df else "none"  # rows stored before defenses existed
+    df["label"] = df["model"].where(df["defense"] == "none", df["model"] + " + " + df["defense"] + " [" + df["mode"] + "]")
     return df
 
 
 def table(store: Store, headline_eps: float = 0.1, norm: str = "linf") -> pd.DataFrame:
-    """One row per model at the headline eps, ranked by worst-case robust accuracy.
+    """One row per model (and defense, and attack mode) at the headline eps, ranked by
+    worst-case robust accuracy.
 
-    Per model the largest evaluated subset is used; its worst case is the stored cell
-    with the most attacks (ties: the lowest accuracy), so the ranking never rests on a
-    weaker attack list than the one shown.
+    Per row the largest evaluated subset is used; its worst case is the stored cell with the
+    most attacks (ties: the lowest accuracy), so the ranking never rests on a weaker attack
+    list than the one shown. A defended model has two rows, under the adaptive and the
+    oblivious attack; only the adaptive one is ranked.
     """
     df = frame(store)
     if df.empty:
         return pd.DataFrame()
     df = df[(df["norm"] == norm) & (df["eps"].sub(headline_eps).abs() < 1e-9)]
     rows = []
-    for (model, dataset), g in df.groupby(["model", "dataset"], sort=False):
+    for (model, dataset, defense, mode), g in df.groupby(["model", "dataset", "defense", "mode"], sort=False):
         g = g[g["n"] == g["n"].max()]
         worst = g.sort_values(["n_attacks", "robust_acc"], ascending=[False, True]).iloc[0]
         row: dict[str, Any] = {"model": model, "arch": worst["arch"], "recipe": worst["recipe"], "dataset": dataset,
-                               "eps": headline_eps, "n": int(worst["n"]), "clean_acc": worst["clean_acc"]}
+                               "defense": defense, "mode": mode, "eps": headline_eps, "n": int(worst["n"]),
+                               "clean_acc": worst["clean_acc"]}
         for _, single in g[g["n_attacks"] == 1].iterrows():
             row[single["attacks"]] = single["robust_acc"]
         row.update(robust_acc=worst["robust_acc"], robust_acc_ci_low=worst["robust_acc_ci_low"],
                    robust_acc_ci_high=worst["robust_acc_ci_high"], robust_top5=worst["robust_top5"],
                    worst_case_over=worst["attacks"])
         rows.append(row)
-    out = pd.DataFrame(rows).sort_values(["robust_acc", "clean_acc"], ascending=False).reset_index(drop=True)
-    out.insert(0, "rank", range(1, len(out) + 1))
-    return out
+    out = pd.DataFrame(rows)
+    out["ranked"] = out["mode"] != "oblivious"
+    out = out.sort_values(["ranked", "robust_acc", "clean_acc"], ascending=False).reset_index(drop=True)
+    ranks = out["ranked"].cumsum()
+    out.insert(0, "rank", [int(r) if ok else None for r, ok in zip(ranks, out["ranked"], strict=True)])
+    return out.drop(columns="ranked")
 
 
 def _pct(v: Any) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
 
 
+_META = {"rank", "model", "arch", "recipe", "dataset", "defense", "mode", "eps", "n", "clean_acc", "robust_acc",
+         "robust_acc_ci_low", "robust_acc_ci_high", "robust_top5", "worst_case_over"}
+
+
 def markdown(store: Store, headline_eps: float = 0.1) -> str:
     t = table(store, headline_eps)
     if t.empty:
         return "No results in the store yet. Run `rbl run` or `rbl eval` first.\n"
-    attack_cols = [c for c in t.columns if c not in {"rank", "model", "arch", "recipe", "dataset", "eps", "n", "clean_acc",
-                                                     "robust_acc", "robust_acc_ci_low", "robust_acc_ci_high",
-                                                     "robust_top5", "worst_case_over"}]
-    head = ["#", "model", "arch", "recipe", "clean %"] + [f"{c} %" for c in attack_cols] + ["worst case % (95% CI)", "top-5 worst %", "n"]
+    attack_cols = [c for c in t.columns if c not in _META]
+    defended = bool((t["defense"] != "none").any())
+    head = ["#", "model", "arch", "recipe"] + (["defense", "attacked"] if defended else []) + ["clean %"]
+    head += [f"{c} %" for c in attack_cols] + ["worst case % (95% CI)", "top-5 worst %", "n"]
     lines = [
         f"# Leaderboard: {t['dataset'].iloc[0]} L-inf eps = {headline_eps}",
         "",
         "Robust accuracy counts an example only if it is clean-correct and correct under every attack "
         "(per-example worst case). Ranked by worst-case robust accuracy. Top-5 robust accuracy is "
         "shown only where every attack ran without early stop (a point stopped at the top-1 flip "
-        "keeps its label in the top 5).",
+        "keeps its label in the top 5)." + (
+            " A defended model is listed twice: attacked adaptively (white-box through the defense, BPDA "
+            "for non-differentiable steps, EOT for random ones), which is ranked, and obliviously (examples "
+            "crafted on the bare model), which is not: the gap is what an oblivious evaluation overstates."
+            if defended else ""),
         "",
         "| " + " | ".join(head) + " |",
-        "|" + "|".join(["---:" if h not in ("model", "arch", "recipe") else "---" for h in head]) + "|",
+        "|" + "|".join(["---:" if h not in ("model", "arch", "recipe", "defense", "attacked") else "---" for h in head]) + "|",
     ]
     for _, r in t.iterrows():
-        cells = [str(r["rank"]), f"`{r['model']}`", r["arch"], r["recipe"], _pct(r["clean_acc"])]
+        rank = "–" if r["rank"] is None or (isinstance(r["rank"], float) and math.isnan(r["rank"])) else str(int(r["rank"]))
+        cells = [rank, f"`{r['model']}`", r["arch"], r["recipe"]]
+        cells += [r["defense"], r["mode"]] if defended else []
+        cells += [_pct(r["clean_acc"])]
         cells += [_pct(r.get(c)) for c in attack_cols]
         cells += [f"**{_pct(r['robust_acc'])}** ({_pct(r['robust_acc_ci_low'])}–{_pct(r['robust_acc_ci_high'])})",
                   _pct(r["robust_top5"]), str(r["n"])]
@@ -98,7 +117,7 @@ def render(store: Store, fmt: str, headline_eps: float = 0.1) -> str:
         return markdown(store, headline_eps)
     if fmt == "csv":
         df = frame(store)
-        return df.drop(columns=["n_attacks"], errors="ignore").to_csv(index=False)
+        return df.drop(columns=["n_attacks", "label"], errors="ignore").to_csv(index=False)
     return json.dumps(table(store, headline_eps).to_dict(orient="records"), indent=2) + "\n"
 
 
@@ -111,12 +130,12 @@ def plot(store: Store, path: Path, norm: str = "linf") -> Path:
 
     df = frame(store)
     df = df[df["norm"] == norm]
-    models = list(dict.fromkeys(df["model"]))
+    models = list(dict.fromkeys(df["label"]))
     cols = max(1, math.ceil(math.sqrt(len(models))))
     rows = math.ceil(len(models) / cols) if models else 1
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False, sharey=True)
     for ax, model in zip(axes.flat, models):
-        g = df[df["model"] == model]
+        g = df[df["label"] == model]
         g = g[g["n"] == g["n"].max()]
         for kind, k in g.groupby("kind", sort=False):
             k = k.sort_values("eps").drop_duplicates("eps", keep="last")

@@ -86,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--n", type=_positive_int, default=1000, help="first N test points (default 1000)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--batch-size", type=_positive_int, default=500)
+    e.add_argument("--defense", action="append", default=[], metavar="SPEC",
+                   help="preprocessing defense name[:key=value,...] in front of the model, repeatable (applied in order)")
+    e.add_argument("--mode", default="both", choices=["both", "adaptive", "oblivious"],
+                   help="how a defended model is attacked (default both: adaptive BPDA/EOT and oblivious)")
+    e.add_argument("--eot", type=_positive_int, default=20, help="EOT draws per gradient on a random defense (default 20)")
+    e.add_argument("--votes", type=_positive_int, default=10, help="passes voting on a random defense's label (default 10)")
     e.add_argument("--json", action="store_true", help="one JSON object per eps")
     e.add_argument("--no-store", action="store_true", help="do not read or write the results store")
     common(e)
@@ -145,7 +151,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from . import data, specs, zoo
     from .engine import evaluate
 
+    from .defense import chain
+
     attacks = [specs.attack(a) for a in args.attack]  # bad specs fail before any loading
+    defenses = chain(args.defense)
+    modes = ["adaptive", "oblivious"] if args.mode == "both" else [args.mode]
     if args.model:
         if args.arch or args.dataset:
             raise ValueError("--arch and --dataset only apply to --checkpoint; a zoo name already fixes them")
@@ -155,8 +165,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     split = data.load(lm.dataset, "test", data_dir=args.data_dir)
     store = None if args.no_store else _store(args.store)
     try:
-        results = evaluate(lm, split, attacks, args.eps, norm=args.norm, n=args.n, seed=args.seed,
-                           batch_size=args.batch_size, store=store, progress=sys.stderr.isatty())
+        results = [r for mode in (modes if defenses else ["adaptive"])
+                   for r in evaluate(lm, split, attacks, args.eps, norm=args.norm, n=args.n, seed=args.seed,
+                                     batch_size=args.batch_size, store=store, progress=sys.stderr.isatty(),
+                                     defense=defenses, mode=mode, eot=args.eot, votes=args.votes)]
     finally:
         if store is not None:
             store.close()
@@ -166,7 +178,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         else:
             lo, hi = r.robust_acc_ci
             top5 = "n/a (early stop)" if r.robust_top5 is None else f"{r.robust_top5:.4f}"
-            print(f"{r.model} eps={r.eps:g} ({r.norm}) n={r.n}: clean {r.clean_acc:.4f}  robust {r.robust_acc:.4f} "
+            defended = "" if r.defense == "none" else f" + {r.defense} [{r.mode}]"
+            print(f"{r.model}{defended} eps={r.eps:g} ({r.norm}) n={r.n}: clean {r.clean_acc:.4f}  robust {r.robust_acc:.4f} "
                   f"[{lo:.4f}, {hi:.4f}]  top-5 {top5}  under {' + '.join(args.attack)}  ({r.seconds:.1f}s)")
     return 0
 

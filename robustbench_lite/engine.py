@@ -23,9 +23,13 @@ from tqdm.auto import tqdm
 from . import __version__, specs
 from .attack import Attack, eval_mode
 from .data import Split
+from .defense import Defended, Defense, chain, vote
 from .stats import wilson
 from .threat import Threat
 from .zoo import LoadedModel
+
+
+MODES = ("adaptive", "oblivious")
 
 
 class AttackBudgetError(RuntimeError):
@@ -56,6 +60,7 @@ class EvalResult:
     data_sha256: str
     weights_sha256: str
     versions: dict[str, str] = field(default_factory=dict)
+    mode: str = "none"  # how a defense was attacked: none (no defense), adaptive or oblivious
     robust: np.ndarray = field(default_factory=lambda: np.zeros(0, bool), repr=False, compare=False)
     robust_top5_mask: np.ndarray = field(default_factory=lambda: np.zeros(0, bool), repr=False, compare=False)
 
@@ -81,7 +86,7 @@ class EvalResult:
 
     def to_json(self) -> dict[str, Any]:
         """The ``rbl eval --json`` object."""
-        return {"model": self.model, "defense": self.defense, "attacks": list(self.attacks), "norm": self.norm,
+        return {"model": self.model, "defense": self.defense, "mode": self.mode, "attacks": list(self.attacks), "norm": self.norm,
                 "eps": self.eps, "n": self.n, "clean_acc": self.clean_acc, "robust_acc": self.robust_acc,
                 "robust_acc_ci": list(self.robust_acc_ci), "clean_top5": self.clean_top5,
                 "robust_top5": self.robust_top5, "seconds": self.seconds}
@@ -159,6 +164,10 @@ def evaluate(
     store: Any | None = None,
     progress: bool = False,
     tolerance: float = 1e-5,
+    defense: Sequence[str | Defense] = (),
+    mode: str = "adaptive",
+    eot: int = 20,
+    votes: int = 10,
 ) -> list[EvalResult]:
     """Evaluate ``model`` on the first ``n`` points of ``data`` under ``attacks`` at each eps.
 
@@ -175,6 +184,13 @@ def evaluate(
         store: a :class:`~robustbench_lite.store.Store`; cells already in it are read, not rerun.
         progress: show a progress bar.
         tolerance: slack on the budget check, for float rounding.
+        defense: preprocessing defenses (specs or instances) in front of the model, in order.
+        mode: how a defended model is attacked. ``adaptive`` (default): white-box through the
+            defense, with BPDA for steps declared non-differentiable and EOT over ``eot`` draws
+            for random ones. ``oblivious``: the attack sees the bare model and its examples are
+            then judged on the defended one (the number papers reported before Athalye 2018).
+        eot: draws of the randomness averaged per gradient for a random defense (> 0).
+        votes: passes whose majority label is the prediction of a random defense (> 0).
 
     Returns:
         One :class:`EvalResult` per eps, in the given order.
@@ -188,20 +204,37 @@ def evaluate(
         raise ValueError("attacks must hold at least one attack")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    defenses = chain(defense)
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; allowed: {', '.join(MODES)}")
+    for name, value in (("eot", eot), ("votes", votes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     subset = data.first(n) if n is not None else data
     lm = _as_loaded(model, data.dataset)
     if lm.dataset != data.dataset:
         raise ValueError(f"model {lm.name} was built for {lm.dataset} but the data is {data.dataset}")
+    if any(d.stochastic for d in defenses) and mode == "adaptive":
+        # Stopping a point at the first flip of a random prediction leaves it on the boundary,
+        # where the vote flips it back: against randomness every step is taken.
+        attack_objs = [dataclasses.replace(a, early_stop=False) if getattr(a, "early_stop", False) else a
+                       for a in attack_objs]
     attack_names = tuple(a if isinstance(a, str) else a.config()["attack"] for a in attacks)
     base = {"model": lm.name, "weights_sha256": lm.weights_sha256, "dataset": data.dataset, "defense": [],
             "attacks": [a.config() for a in attack_objs], "norm": norm, "n": len(subset),
             "data_sha256": subset.sha256(), "seed": seed, "versions": versions()}
+    if defenses:
+        random_defense = any(d.stochastic for d in defenses)
+        base |= {"defense": [d.config() for d in defenses], "mode": mode,
+                 "eot": eot if random_defense and mode == "adaptive" else 1,
+                 "predict": f"majority of {votes} passes" if random_defense else "one pass"}
     x = subset.floats()
     y = subset.labels
     # An attack that stops a point as soon as it leaves top-1 leaves it next to the boundary,
     # with its label still in the top 5: top-5 robustness is only measured without early stop.
     top5_measured = not any(getattr(a, "early_stop", False) for a in attack_objs)
-    clean_logits = predict(lm.model, x, batch_size)
+    defense_name = " + ".join(d.spec() for d in defenses) or "none"
+    plain_logits = None if defenses else predict(lm.model, x, batch_size)
 
     results = []
     bar = tqdm(total=len(threats) * len(attack_objs), desc=lm.name, disable=not progress, leave=False)
@@ -216,6 +249,18 @@ def evaluate(
         start = time.perf_counter()
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(int(key[:15], 16))
+        if defenses:
+            deployed = Defended(lm.model, defenses, seed=int(key[15:30], 16))
+            surface = deployed.surface(eot) if mode == "adaptive" else lm.model
+
+            def judge(v: torch.Tensor) -> torch.Tensor:
+                return vote(deployed, v, votes, batch_size)
+        else:
+            surface = lm.model
+
+            def judge(v: torch.Tensor) -> torch.Tensor:
+                return predict(lm.model, v, batch_size)
+        clean_logits = judge(x) if plain_logits is None else plain_logits
         robust = clean_logits.argmax(1) == y
         clean_correct = robust.clone()
         top5 = _top5(clean_logits, y)
@@ -226,16 +271,17 @@ def evaluate(
             todo = (top5 if top5_measured else robust).nonzero().squeeze(1)
             for chunk in todo.split(batch_size):
                 xb, yb = x[chunk], y[chunk]
-                x_adv = attack(lm.model, xb, yb, threat, generator=gen)
+                x_adv = attack(surface, xb, yb, threat, generator=gen)
                 _check_output(name, x_adv, xb, threat, tolerance)
-                logits = predict(lm.model, threat.project(x_adv, xb), batch_size)
+                logits = judge(threat.project(x_adv, xb))
                 robust[chunk] &= logits.argmax(1) == yb
                 top5[chunk] &= _top5(logits, yb)
             bar.update(1)
         arch, recipe = (lm.card.arch, lm.card.recipe) if lm.card else (lm.name, "")
         result = _result(
             top5_measured=top5_measured,
-            key=key, model=lm.name, arch=arch, recipe=recipe, dataset=data.dataset, defense="none",
+            key=key, model=lm.name, arch=arch, recipe=recipe, dataset=data.dataset, defense=defense_name,
+            mode=mode if defenses else "none",
             attacks=attack_names, norm=norm, eps=threat.eps, clean_acc=int(clean_correct.sum()) / len(subset),
             clean_top5=int(clean_top5.sum()) / len(subset), seconds=time.perf_counter() - start, seed=seed,
             data_sha256=config["data_sha256"], weights_sha256=lm.weights_sha256, versions=config["versions"],
@@ -265,7 +311,7 @@ def combine(results: Sequence[EvalResult]) -> EvalResult:
     if len(results) < 2:
         raise ValueError(f"combine needs at least two results, got {len(results)}")
     first = results[0]
-    same = ("model", "weights_sha256", "dataset", "defense", "norm", "eps", "n", "data_sha256", "seed")
+    same = ("model", "weights_sha256", "dataset", "defense", "mode", "norm", "eps", "n", "data_sha256", "seed")
     for r in results[1:]:
         diff = [f for f in same if getattr(r, f) != getattr(first, f)]
         if diff:
@@ -274,7 +320,7 @@ def combine(results: Sequence[EvalResult]) -> EvalResult:
     config = {"combined_from": sorted(r.key for r in results)}
     return _result(
         top5_measured=all(r.robust_top5 is not None for r in results), key=cell_key(config), model=first.model, arch=first.arch, recipe=first.recipe, dataset=first.dataset,
-        defense=first.defense, attacks=attacks, norm=first.norm, eps=first.eps, clean_acc=first.clean_acc,
+        defense=first.defense, mode=first.mode, attacks=attacks, norm=first.norm, eps=first.eps, clean_acc=first.clean_acc,
         clean_top5=first.clean_top5, seconds=sum(r.seconds for r in results), seed=first.seed,
         data_sha256=first.data_sha256, weights_sha256=first.weights_sha256, versions=first.versions,
         robust=np.logical_and.reduce([r.robust for r in results]),

@@ -58,6 +58,11 @@ class Store:
         hit = cur.fetchone()
         return None if hit is None else _result(json.loads(hit[0]), hit[1])
 
+    def config(self, key: str) -> dict[str, Any] | None:
+        """The full configuration a cell was computed under (what its key hashes)."""
+        hit = self._db.execute("SELECT config FROM results WHERE key = ?", (key,)).fetchone()
+        return None if hit is None else json.loads(hit[0])
+
     def __len__(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM results").fetchone()[0])
 

@@ -52,6 +52,8 @@ def _rc(argv):
     (["--attack", "pgd", "--eps", "nan"], "eps must be a number >= 0, got 'nan'"),
     (["--attack", "pgd", "--eps", "0.1", "--n", "0"], "expected a positive integer, got '0'"),
     (["--attack", "pgd:steps=x", "--eps", "0.1"], "pgd: steps must be an integer >= 1, got 'x'"),
+    (["--attack", "pgd", "--eps", "0.1", "--defense", "jpg"], "unknown defense 'jpg'; did you mean 'jpeg'"),
+    (["--attack", "pgd", "--eps", "0.1", "--defense", "jpeg:quality=101"], "jpeg: quality must be an integer in [1, 100]"),
 ])
 def test_bad_eval_input_exits_non_zero_and_writes_nothing(trained, store_path, capsys, argv, message):
     assert _rc(["eval", "--model", trained.name, *argv, "--store", str(store_path)]) == 2
@@ -59,6 +61,17 @@ def test_bad_eval_input_exits_non_zero_and_writes_nothing(trained, store_path, c
     if store_path.exists():
         with Store(store_path) as s:
             assert len(s) == 0
+
+
+def test_eval_with_a_defense_prints_both_modes(trained, store_path, capsys):
+    rc = main(["eval", "--model", trained.name, "--attack", "pgd:steps=5", "--eps", "0.1", "--n", "40",
+               "--defense", "bit_depth:bits=2", "--json", "--store", str(store_path)])
+    assert rc == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["defense"], r["mode"]) for r in rows] == [("bit_depth:bits=2", "adaptive"), ("bit_depth:bits=2", "oblivious")]
+    assert main(["leaderboard", "--store", str(store_path)]) == 0
+    md = capsys.readouterr().out
+    assert "| bit_depth:bits=2 | adaptive |" in md and "| – | `smallcnn-fmnist-standard` |" in md  # oblivious: unranked
 
 
 def test_missing_dataset_and_corrupt_checkpoint_exit_2(trained, tmp_path, capsys, monkeypatch):

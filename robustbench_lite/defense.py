@@ -1,0 +1,146 @@
+"""What a defense is, and the three views of a defended model the engine attacks and judges.
+
+A preprocessing defense maps inputs in [0, 1] to inputs in [0, 1] in front of a classifier.
+It declares two facts about itself, and the engine, never the defense, decides from them how
+to attack it (Athalye, Carlini and Wagner 2018, "Obfuscated Gradients Give a False Sense of
+Security", arXiv:1802.00420):
+
+- ``differentiable = False``: the backward pass goes through :meth:`Defense.approximation`
+  (the identity unless the defense knows better) while the forward pass runs the real step:
+  BPDA.
+- ``stochastic = True``: gradients are averaged over ``eot`` draws of the randomness (EOT),
+  and predictions are the majority vote over ``votes`` passes.
+"""
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
+
+import torch
+from torch import nn
+
+from .registry import DEFENSES
+
+
+@dataclass(frozen=True, kw_only=True)
+class Defense(ABC):
+    """A preprocessing step. Hyperparameters are frozen fields, checked in ``__post_init__``."""
+
+    differentiable: ClassVar[bool] = True
+    stochastic: ClassVar[bool] = False
+
+    @abstractmethod
+    def transform(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """The real preprocessing of a batch in [0, 1]; same shape and dtype out."""
+
+    def approximation(self, x: torch.Tensor) -> torch.Tensor:
+        """A differentiable stand-in for the backward pass of a non-differentiable step (BPDA)."""
+        return x
+
+    def config(self) -> dict[str, Any]:
+        return {"defense": DEFENSES.name_of(type(self)), **dataclasses.asdict(self)}
+
+    def spec(self) -> str:
+        cfg = self.config()
+        name = cfg.pop("defense")
+        return name + (":" + ",".join(f"{k}={v}" for k, v in cfg.items()) if cfg else "")
+
+
+def chain(defenses: Sequence[str | Defense]) -> tuple[Defense, ...]:
+    """Instantiate defense specs (``jpeg:quality=75``) in order."""
+    from . import specs
+
+    out = []
+    for d in defenses:
+        obj = d if isinstance(d, Defense) else specs.create(DEFENSES, d)
+        if not isinstance(obj, Defense):
+            raise TypeError(f"defense {d!r} is a {type(obj).__name__}, not a Defense")
+        out.append(obj)
+    return tuple(out)
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward: the real step. Backward: the gradient of the approximation (BPDA)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return real
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return grad, None
+
+
+class Defended(nn.Module):
+    """``model`` behind ``defenses``, as deployed: the real preprocessing in the forward pass.
+
+    Its randomness comes from its own generator, seeded by the engine per cell, so a defended
+    evaluation is reproducible. ``bpda`` swaps every non-differentiable step's backward pass
+    for its approximation; ``eot`` additionally averages over draws of the randomness.
+    """
+
+    def __init__(self, model: nn.Module, defenses: Sequence[Defense], seed: int = 0, *, bpda: bool = False, eot: int = 1):
+        super().__init__()
+        self.model = model
+        self.defenses = tuple(defenses)
+        self.bpda = bpda
+        self.eot = eot
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def stochastic(self) -> bool:
+        return any(d.stochastic for d in self.defenses)
+
+    @property
+    def differentiable(self) -> bool:
+        return all(d.differentiable for d in self.defenses)
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        for d in self.defenses:
+            if d.differentiable:
+                x = d.transform(x, self.generator)
+            elif self.bpda:
+                with torch.no_grad():
+                    real = d.transform(x.detach(), self.generator)
+                x = _StraightThrough.apply(d.approximation(x), real)
+            else:
+                # As deployed: whatever autograd makes of the step (zero or no gradient), which
+                # is what a naive white-box attack sees.
+                x = d.transform(x, self.generator)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.eot <= 1:
+            return self.model(self.preprocess(x))
+        # EOT: the log of the softmax averaged over draws, so that the attack's cross-entropy
+        # is that of the expected prediction and its gradient averages over the randomness.
+        n = x.shape[0]
+        logp = torch.log_softmax(self.model(self.preprocess(x.repeat(self.eot, *([1] * (x.ndim - 1))))), dim=1)
+        return torch.logsumexp(logp.view(self.eot, n, -1), dim=0) - torch.log(torch.tensor(float(self.eot)))
+
+    def surface(self, eot: int) -> "Defended":
+        """The adaptive attack's view: BPDA through non-differentiable steps, EOT over random ones."""
+        view = Defended(self.model, self.defenses, bpda=True, eot=eot if self.stochastic else 1)
+        view.generator = self.generator
+        return view
+
+
+def vote(defended: Defended, x: torch.Tensor, votes: int, batch_size: int = 512) -> torch.Tensor:
+    """Scores whose argmax is the majority label over ``votes`` passes of a random defense (ties
+    broken by the mean probability); a deterministic defense needs one pass."""
+    from .attack import eval_mode
+
+    passes = votes if defended.stochastic else 1
+    out = []
+    with torch.no_grad(), eval_mode(defended):
+        for i in range(0, x.shape[0], batch_size):
+            xb = x[i:i + batch_size]
+            counts = probs = 0
+            for _ in range(passes):
+                p = torch.softmax(defended(xb), dim=1)
+                counts = counts + torch.nn.functional.one_hot(p.argmax(1), p.shape[1])
+                probs = probs + p
+            out.append(counts + probs / passes * 1e-3 if passes > 1 else probs)
+    return torch.cat(out)
