@@ -30,10 +30,11 @@ def plot_training(cards: Sequence[ModelCard], path: Path) -> Path:
         for card in (c for c in cards if c.arch == arch):
             epochs = [row["epoch"] for row in card.curves]
             style = dict(color=colour[card.recipe], marker=".", linewidth=1.4)
-            acc.plot(epochs, [row.get("clean_acc_test", math.nan) for row in card.curves], label=f"{card.recipe} clean", **style)
-            acc.plot(epochs, [row.get("pgd_acc_test", math.nan) for row in card.curves], linestyle="--",
-                     label=f"{card.recipe} PGD-10", **style)
-            loss.plot(epochs, [row["loss"] for row in card.curves], label=card.recipe, **style)
+            # Cards written before the per-epoch PGD monitor only hold clean accuracy on 1k test points.
+            clean = [row.get("clean_acc_test", row.get("test_acc_1k", math.nan)) for row in card.curves]
+            acc.plot(epochs, clean, **style)
+            acc.plot(epochs, [row.get("pgd_acc_test", math.nan) for row in card.curves], linestyle="--", **style)
+            loss.plot(epochs, [row["loss"] for row in card.curves], **style)
             if card.notes:
                 acc.plot(epochs[-1:], [card.curves[-1].get("pgd_acc_test", math.nan)], "x", color="red", markersize=10)
         eps = {c.hyperparameters.get("recipe", {}).get("eps", 0.1) for c in cards if c.arch == arch}
@@ -44,10 +45,13 @@ def plot_training(cards: Sequence[ModelCard], path: Path) -> Path:
             ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("accuracy (500 test points)")
     axes[1, 0].set_ylabel("training loss")
-    if cards:
-        axes[0, 0].legend(fontsize=7, loc="lower right")
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=colour[r], marker=".", label=r) for r in recipes]
+    handles += [Line2D([], [], color="grey", label="clean"), Line2D([], [], color="grey", linestyle="--", label="PGD-10")]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     fig.suptitle("Training curves: clean (solid) and PGD-10 (dashed) accuracy per epoch", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     _atomic(path, lambda p: fig.savefig(p, dpi=110))
     plt.close(fig)
     return path
