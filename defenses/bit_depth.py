@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from robustbench_lite.attack import check_int
 from robustbench_lite.defense import Defense
 from robustbench_lite.registry import DEFENSES
 
@@ -30,8 +31,7 @@ class BitDepth(Defense):
     bits: int = 3
 
     def __post_init__(self) -> None:
-        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 1 <= self.bits <= 8:
-            raise ValueError(f"bit_depth: bits must be an integer in [1, 8], got {self.bits!r}")
+        check_int("bit_depth", "bits", self.bits, 1, 8)
 
     def transform(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         levels = 2 ** self.bits - 1

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from robustbench_lite.attack import check_int
 from robustbench_lite.defense import Defense
 from robustbench_lite.registry import DEFENSES
 
@@ -33,8 +34,7 @@ class JPEG(Defense):
     quality: int = 75
 
     def __post_init__(self) -> None:
-        if isinstance(self.quality, bool) or not isinstance(self.quality, int) or not 1 <= self.quality <= 100:
-            raise ValueError(f"jpeg: quality must be an integer in [1, 100], got {self.quality!r}")
+        check_int("jpeg", "quality", self.quality, 1, 100)
 
     def transform(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         pixels = (x.detach().cpu() * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from robustbench_lite.attack import check_int
 from robustbench_lite.defense import Defense
 from robustbench_lite.registry import DEFENSES
 
@@ -30,8 +31,7 @@ class Median(Defense):
     window: int = 2
 
     def __post_init__(self) -> None:
-        if isinstance(self.window, bool) or not isinstance(self.window, int) or not 2 <= self.window <= 11:
-            raise ValueError(f"median: window must be an integer in [2, 11], got {self.window!r}")
+        check_int("median", "window", self.window, 2, 11)
 
     def transform(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         k = self.window

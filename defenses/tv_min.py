@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from robustbench_lite.attack import check_int
 from robustbench_lite.defense import Defense
 from robustbench_lite.registry import DEFENSES
 
@@ -46,8 +47,7 @@ class TVMin(Defense):
                                 ("lr", self.lr, lambda v: v > 0)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
                 raise ValueError(f"tv_min: {name} must be a finite number {'in (0, 1]' if name == 'keep' else '> 0'}, got {value!r}")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"tv_min: steps must be an integer >= 1, got {self.steps!r}")
+        check_int("tv_min", "steps", self.steps, 1)
 
     def transform(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         mask = (torch.rand(x.shape, generator=generator) < self.keep).to(device=x.device, dtype=x.dtype)

@@ -169,10 +169,14 @@ def gradient_steps(
 
 
 def check_steps(name: str, steps: int, restarts: int = 1) -> None:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"{name}: steps must be an integer >= 1, got {steps!r}")
-    if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
-        raise ValueError(f"{name}: restarts must be an integer >= 1, got {restarts!r}")
+    check_int(name, "steps", steps, 1)
+    check_int(name, "restarts", restarts, 1)
+
+
+def check_int(name: str, field: str, value: int, lo: int, hi: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+        allowed = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise ValueError(f"{name}: {field} must be an integer {allowed}, got {value!r}")
 
 
 def check_choice(name: str, field: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -8,6 +8,7 @@ list (the per-example worst case, as AutoAttack does).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import platform
@@ -252,14 +253,10 @@ def evaluate(
         if defenses:
             deployed = Defended(lm.model, defenses, seed=int(key[15:30], 16))
             surface = deployed.surface(eot) if mode == "adaptive" else lm.model
-
-            def judge(v: torch.Tensor) -> torch.Tensor:
-                return vote(deployed, v, votes, batch_size)
+            judge = functools.partial(vote, deployed, votes=votes, batch_size=batch_size)
         else:
             surface = lm.model
-
-            def judge(v: torch.Tensor) -> torch.Tensor:
-                return predict(lm.model, v, batch_size)
+            judge = functools.partial(predict, lm.model, batch_size=batch_size)
         clean_logits = judge(x) if plain_logits is None else plain_logits
         robust = clean_logits.argmax(1) == y
         clean_correct = robust.clone()
