@@ -1,5 +1,6 @@
 """Attacks, one file each. Importing this package registers them in ``ATTACKS``."""
-from . import bim, fgsm, foolbox_adapter, gradient_ascent, illc, pgd  # noqa: F401
+from . import apgd, bim, fgsm, foolbox_adapter, gradient_ascent, illc, pgd  # noqa: F401
+from .apgd import APGDCE, APGDDLR
 from .bim import BIM
 from .fgsm import FGSM
 from .foolbox_adapter import FoolboxAttack
@@ -7,4 +8,4 @@ from .gradient_ascent import GradientAscent
 from .illc import ILLC
 from .pgd import PGD
 
-__all__ = ["BIM", "FGSM", "FoolboxAttack", "GradientAscent", "ILLC", "PGD"]
+__all__ = ["APGDCE", "APGDDLR", "BIM", "FGSM", "FoolboxAttack", "GradientAscent", "ILLC", "PGD"]
