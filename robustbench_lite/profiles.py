@@ -54,7 +54,7 @@ PROFILES = {
         "quick",
         models=_zoo(("smallcnn", "resnet10t"), ("standard", "fast_at")),
         attacks=("fgsm", "bim", "pgd", "illc"),
-        n=500,  # keeps `make run` within 15 minutes on 2 cores, training included
+        n=500,  # make run, training included: 917 s on 2 cores from a clean clone (2026-11-28)
     ),
     "full": Profile(
         "full",
