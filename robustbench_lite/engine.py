@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import __version__, specs
-from .attack import Attack, eval_mode
+from .attack import Attack, check_int, eval_mode
 from .data import Split
 from .defense import Defended, Defense, chain, vote
 from .stats import wilson
@@ -208,9 +208,8 @@ def evaluate(
     defenses = chain(defense)
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; allowed: {', '.join(MODES)}")
-    for name, value in (("eot", eot), ("votes", votes)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    check_int("evaluate", "eot", eot, 1)
+    check_int("evaluate", "votes", votes, 1)
     subset = data.first(n) if n is not None else data
     lm = _as_loaded(model, data.dataset)
     if lm.dataset != data.dataset:

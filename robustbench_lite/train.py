@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from . import data as data_mod
 from . import zoo
 from .engine import predict, versions
+from .attack import check_int
 from .registry import ATTACKS, MODELS, RECIPES
 from .threat import Threat
 
@@ -54,8 +55,7 @@ class TrainConfig:
             raise ValueError(f"train_subset must be an integer >= 1, got {self.train_subset!r}")
         if self.schedule is not None and self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; allowed: {', '.join(SCHEDULES)}")
-        if isinstance(self.monitor_n, bool) or not isinstance(self.monitor_n, int) or self.monitor_n < 1:
-            raise ValueError(f"monitor_n must be an integer >= 1, got {self.monitor_n!r}")
+        check_int("train", "monitor_n", self.monitor_n, 1)
         if self.dataset not in data_mod.DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; allowed: {', '.join(data_mod.DATASETS)}")
         if not self.arch.startswith("timm:"):
