@@ -1,5 +1,5 @@
 """Attacks, one file each. Importing this package registers them in ``ATTACKS``."""
-from . import apgd, bim, fgsm, foolbox_adapter, gradient_ascent, illc, pgd  # noqa: F401
+from . import apgd, bim, fgsm, foolbox_adapter, gradient_ascent, illc, pgd, square, transfer  # noqa: F401
 from .apgd import APGDCE, APGDDLR
 from .bim import BIM
 from .fgsm import FGSM
@@ -7,5 +7,7 @@ from .foolbox_adapter import FoolboxAttack
 from .gradient_ascent import GradientAscent
 from .illc import ILLC
 from .pgd import PGD
+from .square import Square
+from .transfer import Transfer
 
-__all__ = ["APGDCE", "APGDDLR", "BIM", "FGSM", "FoolboxAttack", "GradientAscent", "ILLC", "PGD"]
+__all__ = ["APGDCE", "APGDDLR", "BIM", "FGSM", "FoolboxAttack", "GradientAscent", "ILLC", "PGD", "Square", "Transfer"]

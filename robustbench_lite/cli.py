@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--arch", help="architecture of a --checkpoint without a model card")
     e.add_argument("--dataset", help="dataset of a --checkpoint without a model card")
     e.add_argument("--attack", action="append", required=True, metavar="SPEC",
-                   help="name[:key=value,...], repeatable; robust = correct under every attack")
+                   help="name[:key=value,...] or a preset (strong = apgd_ce, apgd_dlr:targets=9, square), "
+                        "repeatable; robust = correct under every attack")
     e.add_argument("--eps", type=_eps, nargs="+", required=True)
     e.add_argument("--norm", default="linf", choices=["linf", "l2"])
     e.add_argument("--n", type=_positive_int, default=1000, help="first N test points (default 1000)")
@@ -153,7 +154,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from .defense import chain
 
-    attacks = [specs.attack(a) for a in args.attack]  # bad specs fail before any loading
+    attacks = [specs.attack(a) for a in specs.expand(args.attack)]  # bad specs fail before any loading
     defenses = chain(args.defense)
     modes = ["adaptive", "oblivious"] if args.mode == "both" else [args.mode]
     if args.model:
@@ -174,13 +175,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
             store.close()
     for r in results:
         if args.json:
-            print(json.dumps(r.to_json() | {"attacks": args.attack}))
+            print(json.dumps(r.to_json() | {"attacks": specs.expand(args.attack)}))
         else:
             lo, hi = r.robust_acc_ci
             top5 = "n/a (early stop)" if r.robust_top5 is None else f"{r.robust_top5:.4f}"
             defended = "" if r.defense == "none" else f" + {r.defense} [{r.mode}]"
             print(f"{r.model}{defended} eps={r.eps:g} ({r.norm}) n={r.n}: clean {r.clean_acc:.4f}  robust {r.robust_acc:.4f} "
-                  f"[{lo:.4f}, {hi:.4f}]  top-5 {top5}  under {' + '.join(args.attack)}  ({r.seconds:.1f}s)")
+                  f"[{lo:.4f}, {hi:.4f}]  top-5 {top5}  under {' + '.join(specs.expand(args.attack))}  ({r.seconds:.1f}s)")
     return 0
 
 
@@ -199,7 +200,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from . import zoo
+    from . import specs, zoo
     from .registry import ATTACKS, DEFENSES, MODELS, RECIPES
 
     reg = {"models": MODELS, "attacks": ATTACKS, "defenses": DEFENSES, "recipes": RECIPES}[args.what]
@@ -220,6 +221,9 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(f"{it['name']:28s} {it['summary']}{extra}")
         if not items:
             print(f"(no {args.what} registered)")
+    if reg is ATTACKS and not args.json:
+        for name, members in specs.PRESETS.items():
+            print(f"{name:28s} preset: {', '.join(members)}, as a cascade")
     return 0
 
 

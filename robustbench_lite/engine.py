@@ -175,8 +175,9 @@ def evaluate(
     Args:
         model: a zoo/checkpoint :class:`LoadedModel`, or any ``nn.Module`` taking [0, 1] inputs.
         data: the evaluation split (e.g. ``data.load("fmnist", "test")``).
-        attacks: specs (``"pgd:steps=20"``) or Attack instances, run as a cascade: each
-            attack only sees the points that every earlier one failed on.
+        attacks: specs (``"pgd:steps=20"``), presets (``"strong"``, see ``specs.PRESETS``) or
+            Attack instances, run as a cascade: each attack only sees the points that every
+            earlier one failed on.
         eps: one radius or a sweep, each >= 0.
         norm: ``linf`` or ``l2``.
         n: evaluate the first n points (default: all).
@@ -200,6 +201,7 @@ def evaluate(
     if not eps_list:
         raise ValueError("eps must hold at least one value")
     threats = [Threat(norm, float(e)) for e in eps_list]
+    attacks = specs.expand(attacks)
     attack_objs = [specs.attack(a) for a in attacks]
     if not attack_objs:
         raise ValueError("attacks must hold at least one attack")

@@ -3,7 +3,7 @@ or ``fb:LinfPGD:steps=40``."""
 from __future__ import annotations
 
 import ast
-from typing import Any
+from typing import Any, Sequence
 
 from .attack import Attack
 from .registry import ATTACKS
@@ -51,6 +51,22 @@ def create(registry: Any, spec: str) -> Any:
 
         allowed = [f.name for f in dataclasses.fields(entry.obj)] if dataclasses.is_dataclass(entry.obj) else []
         raise ValueError(f"bad arguments {kw} for {registry.kind} {name!r} ({exc}); allowed: {', '.join(allowed) or 'none'}") from exc
+
+
+# Named attack lists, expanded wherever attack specs are read. ``strong`` is AutoAttack's
+# standard version less FAB-T (Croce and Hein 2020, arXiv:2003.01690), run as the engine's
+# cascade: each attack only sees the points every earlier one failed on.
+PRESETS: dict[str, tuple[str, ...]] = {
+    "strong": ("apgd_ce", "apgd_dlr:targets=9", "square"),
+}
+
+
+def expand(attacks: Sequence[str | Attack]) -> list[str | Attack]:
+    """Attack specs with every preset name replaced by its attacks, in order."""
+    out: list[str | Attack] = []
+    for a in attacks:
+        out.extend(PRESETS[a] if isinstance(a, str) and a.strip() in PRESETS else [a])
+    return out
 
 
 def attack(spec: str | Attack) -> Attack:
