@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustbench_lite.attack import Attack, _direction, check_int
+from robustbench_lite.attack import Attack, _direction, check_int, scores
 from robustbench_lite.registry import ATTACKS
 from robustbench_lite.threat import Threat
 
@@ -70,7 +70,7 @@ class _APGD(Attack):
         if threat.eps == 0:
             return out
         with torch.no_grad():
-            ranked = model(x).argsort(dim=1, descending=True)
+            ranked = scores(model, x, y).argsort(dim=1, descending=True)
         robust = torch.ones(len(x), dtype=torch.bool)
         for rank in range(1, self.targets + 1) if self.targets else [None]:
             for _ in range(self.restarts):
@@ -93,7 +93,7 @@ class _APGD(Attack):
 
         def loss_grad(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             v = v.detach().requires_grad_(True)
-            logits = model(v)
+            logits = scores(model, v, y)
             loss = self._loss(logits, y, t)
             (g,) = torch.autograd.grad(loss.sum(), v)
             return loss.detach(), g, logits.argmax(1) != y

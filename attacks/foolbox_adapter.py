@@ -85,6 +85,10 @@ class FoolboxAttack(Attack):
         want = math.inf if threat.norm == "linf" else 2
         if p is not None and p != want:
             raise ValueError(f"fb:{self.attack} works in the L{p} norm but the threat is {threat.norm}")
+        if getattr(model, "rejects", False):
+            # Foolbox would count landing in the reject column as a success.
+            raise ValueError(f"fb:{self.attack} cannot attack a classifier and its detector jointly; "
+                             "use a native attack (pgd, apgd_ce, apgd_dlr, square, ...)")
         fmodel = fb.PyTorchModel(_Detached(model).train(model.training), bounds=threat.bounds)
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
         # Foolbox draws from torch's global generator; fork it so the caller's stream is untouched.

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from robustbench_lite.attack import Attack, check_int
+from robustbench_lite.attack import Attack, check_int, scores
 from robustbench_lite.registry import ATTACKS
 from robustbench_lite.threat import Threat
 
@@ -84,7 +84,7 @@ class Square(Attack):
         eps = threat.eps
         signs = torch.randint(0, 2, (n, c, 1, w), generator=generator).to(x) * 2 - 1
         best = threat.project(x + eps * signs, x)
-        margin = _margin(model(best), y)
+        margin = _margin(scores(model, best, y), y)
         rows = torch.arange(h).view(1, h, 1)
         cols = torch.arange(w).view(1, 1, w)
         for q in range(1, self.queries):
@@ -102,7 +102,7 @@ class Square(Attack):
             same = ((base - xa) * value * window).sum((2, 3), keepdim=True) >= eps * s * s * (1 - 1e-6)
             value = torch.where(same, -value, value)
             cand = threat.project(torch.where(window, xa + eps * value, base), xa)
-            new = _margin(model(cand), y[alive])
+            new = _margin(scores(model, cand, y[alive]), y[alive])
             better = new < margin[alive]
             best[alive[better]] = cand[better]
             margin[alive[better]] = new[better]

@@ -56,7 +56,9 @@ def table(store: Store, headline_eps: float = 0.1, norm: str = "linf") -> pd.Dat
             row[single["attacks"]] = single["robust_acc"]
         row.update(robust_acc=worst["robust_acc"], robust_acc_ci_low=worst["robust_acc_ci_low"],
                    robust_acc_ci_high=worst["robust_acc_ci_high"], robust_top5=worst["robust_top5"],
-                   worst_case_over=worst["attacks"])
+                   worst_case_over=worst["attacks"], checks=_flag(g),
+                   caught=worst["caught"] if "caught" in worst else None,
+                   detection_auc=worst["detection_auc"] if "detection_auc" in worst else None)
         rows.append(row)
     out = pd.DataFrame(rows)
     out["ranked"] = out["mode"] != "oblivious"
@@ -66,12 +68,24 @@ def table(store: Store, headline_eps: float = 0.1, norm: str = "linf") -> pd.Dat
     return out.drop(columns="ranked")
 
 
+def _flag(g: pd.DataFrame) -> str:
+    """The gradient-masking flag of one leaderboard row: ok, the failed checks, or not run."""
+    if "checks_run" not in g:
+        return "not run"
+    checked = g[g["checks_run"].fillna(0) > 0]
+    if checked.empty:
+        return "not run"
+    failed = sorted({name for names in checked["checks_failed"].fillna("") for name in names.split(",") if name})
+    return "FAILED: " + ", ".join(failed) if failed else "ok"
+
+
 def _pct(v: Any) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
 
 
 _META = {"rank", "model", "arch", "recipe", "dataset", "defense", "mode", "eps", "n", "clean_acc", "robust_acc",
-         "robust_acc_ci_low", "robust_acc_ci_high", "robust_top5", "worst_case_over"}
+         "robust_acc_ci_low", "robust_acc_ci_high", "robust_top5", "worst_case_over", "checks", "caught",
+         "detection_auc"}
 
 
 def markdown(store: Store, headline_eps: float = 0.1) -> str:
@@ -81,21 +95,28 @@ def markdown(store: Store, headline_eps: float = 0.1) -> str:
     attack_cols = [c for c in t.columns if c not in _META]
     defended = bool((t["defense"] != "none").any())
     head = ["#", "model", "arch", "recipe"] + (["defense", "attacked"] if defended else []) + ["clean %"]
-    head += [f"{c} %" for c in attack_cols] + ["worst case % (95% CI)", "top-5 worst %", "n"]
+    detectors = "caught" in t and bool(t["caught"].notna().any())
+    head += [f"{c} %" for c in attack_cols] + ["worst case % (95% CI)", "top-5 worst %"]
+    head += ["caught %", "detection AUC"] if detectors else []
+    head += ["n", "masking checks"]
     lines = [
         f"# Leaderboard: {t['dataset'].iloc[0]} L-inf eps = {headline_eps}",
         "",
         "Robust accuracy counts an example only if it is clean-correct and correct under every attack "
         "(per-example worst case). Ranked by worst-case robust accuracy. Top-5 robust accuracy is "
         "shown only where every attack ran without early stop (a point stopped at the top-1 flip "
-        "keeps its label in the top 5)." + (
+        "keeps its label in the top 5). The masking checks column lists the gradient-masking checks "
+        "(Carlini et al. 2019) that failed; a number next to a failed check is not to be trusted." + (
             " A defended model is listed twice: attacked adaptively (white-box through the defense, BPDA "
             "for non-differentiable steps, EOT for random ones), which is ranked, and obliviously (examples "
             "crafted on the bare model), which is not: the gap is what an oblivious evaluation overstates."
-            if defended else ""),
+            if defended else "") + (
+            " A detector's rejection of an adversarial input counts as robust (caught %), its rejection of "
+            "a clean input as an error; adaptive rows attack classifier and detector jointly (Carlini & Wagner 2017)."
+            if detectors else ""),
         "",
         "| " + " | ".join(head) + " |",
-        "|" + "|".join(["---:" if h not in ("model", "arch", "recipe", "defense", "attacked") else "---" for h in head]) + "|",
+        "|" + "|".join(["---:" if h not in ("model", "arch", "recipe", "defense", "attacked", "masking checks") else "---" for h in head]) + "|",
     ]
     for _, r in t.iterrows():
         rank = "–" if r["rank"] is None or (isinstance(r["rank"], float) and math.isnan(r["rank"])) else str(int(r["rank"]))
@@ -104,7 +125,11 @@ def markdown(store: Store, headline_eps: float = 0.1) -> str:
         cells += [_pct(r["clean_acc"])]
         cells += [_pct(r.get(c)) for c in attack_cols]
         cells += [f"**{_pct(r['robust_acc'])}** ({_pct(r['robust_acc_ci_low'])}–{_pct(r['robust_acc_ci_high'])})",
-                  _pct(r["robust_top5"]), str(r["n"])]
+                  _pct(r["robust_top5"])]
+        if detectors:
+            auc = r["detection_auc"]
+            cells += [_pct(r["caught"]), "–" if auc is None or (isinstance(auc, float) and math.isnan(auc)) else f"{auc:.3f}"]
+        cells += [str(r["n"]), r["checks"]]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "![accuracy vs eps](accuracy_vs_eps.png)", ""]
     return "\n".join(lines)

@@ -81,13 +81,29 @@ class Attack(ABC):
         return {"attack": ATTACKS.name_of(type(self)), **dataclasses.asdict(self)}
 
 
+def scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The model's logits as an attack must read them.
+
+    A model that can reject (a classifier behind a detector, ``rejects = True``) outputs a
+    last "rejected" column. It is folded into the true class with logaddexp, so cross-entropy
+    is -log(p_y + p_reject) and argmax leaves y only when the input is misclassified and not
+    rejected: every loss then treats being caught like being classified correctly
+    (Carlini and Wagner 2017, arXiv:1705.07263).
+    """
+    out = model(x)
+    if not getattr(model, "rejects", False):
+        return out
+    z, reject = out[:, :-1], out[:, -1:]
+    return z.scatter(1, y[:, None], torch.logaddexp(z.gather(1, y[:, None]), reject))
+
+
 def targets_for(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mode: str,
                 generator: torch.Generator | None) -> torch.Tensor | None:
     """Target classes for a targeted attack, or None for an untargeted one."""
     if mode == "none":
         return None
     with torch.no_grad():
-        logits = model(x)
+        logits = scores(model, x, y)
     k = logits.shape[1]
     if mode == "least_likely":  # Kurakin 2017: y_LL = argmin p(y|x)
         return logits.argmin(1)
@@ -135,7 +151,7 @@ def gradient_steps(
         idx = remaining if remaining is not None else torch.arange(x.shape[0], device=x.device)
         for _ in range(steps):
             xa = xa.detach().requires_grad_(True)
-            logits = model(xa)
+            logits = scores(model, xa, ys)
             keep = None
             if early_stop:
                 alive = logits.argmax(1) == ys
@@ -160,7 +176,7 @@ def gradient_steps(
         if r + 1 < restarts:
             pool = torch.arange(x.shape[0], device=x.device) if remaining is None else remaining
             with torch.no_grad():
-                still = model(out[pool]).argmax(1) == y[pool]
+                still = scores(model, out[pool], y[pool]).argmax(1) == y[pool]
             remaining = pool[still]
             if remaining.numel() == 0:
                 break

@@ -13,6 +13,7 @@ from typing import Sequence
 from . import __version__
 
 EXIT_USAGE = 2
+EXIT_CHECKS = 3  # rbl eval --strict: an evaluation whose checks failed
 
 
 class _Parser(argparse.ArgumentParser):
@@ -88,11 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--batch-size", type=_positive_int, default=500)
     e.add_argument("--defense", action="append", default=[], metavar="SPEC",
-                   help="preprocessing defense name[:key=value,...] in front of the model, repeatable (applied in order)")
+                   help="defense name[:key=value,...] in front of the model, repeatable (applied in order); "
+                        "a detector (feature_squeeze, safetynet) goes last and its rejections count as caught")
     e.add_argument("--mode", default="both", choices=["both", "adaptive", "oblivious"],
                    help="how a defended model is attacked (default both: adaptive BPDA/EOT and oblivious)")
     e.add_argument("--eot", type=_positive_int, default=20, help="EOT draws per gradient on a random defense (default 20)")
     e.add_argument("--votes", type=_positive_int, default=10, help="passes voting on a random defense's label (default 10)")
+    e.add_argument("--strict", action="store_true",
+                   help=f"exit {EXIT_CHECKS} if a gradient-masking check fails on a ranked (non-oblivious) result")
+    e.add_argument("--no-checks", action="store_true", help="skip the gradient-masking checks")
+    e.add_argument("--checks-n", type=_positive_int, default=100, help="points the checks look at (default 100, >= 10)")
     e.add_argument("--json", action="store_true", help="one JSON object per eps")
     e.add_argument("--no-store", action="store_true", help="do not read or write the results store")
     common(e)
@@ -152,8 +158,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from . import data, specs, zoo
     from .engine import evaluate
 
+    from .checks import CheckConfig
     from .defense import chain
+    from .detector import Detector
 
+    checks = None if args.no_checks else CheckConfig(n=args.checks_n)
     attacks = [specs.attack(a) for a in specs.expand(args.attack)]  # bad specs fail before any loading
     defenses = chain(args.defense)
     modes = ["adaptive", "oblivious"] if args.mode == "both" else [args.mode]
@@ -164,12 +173,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         lm = zoo.load_checkpoint(args.checkpoint, arch=args.arch, dataset=args.dataset)
     split = data.load(lm.dataset, "test", data_dir=args.data_dir)
+    detector = any(isinstance(d, Detector) for d in defenses)
+    calibration = data.load(lm.dataset, "train", data_dir=args.data_dir) if detector else None
     store = None if args.no_store else _store(args.store)
     try:
         results = [r for mode in (modes if defenses else ["adaptive"])
                    for r in evaluate(lm, split, attacks, args.eps, norm=args.norm, n=args.n, seed=args.seed,
                                      batch_size=args.batch_size, store=store, progress=sys.stderr.isatty(),
-                                     defense=defenses, mode=mode, eot=args.eot, votes=args.votes)]
+                                     defense=defenses, mode=mode, eot=args.eot, votes=args.votes, checks=checks,
+                                     calibration=calibration)]
     finally:
         if store is not None:
             store.close()
@@ -180,8 +192,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
             lo, hi = r.robust_acc_ci
             top5 = "n/a (early stop)" if r.robust_top5 is None else f"{r.robust_top5:.4f}"
             defended = "" if r.defense == "none" else f" + {r.defense} [{r.mode}]"
+            if r.caught is not None:
+                auc = "n/a" if r.detection_auc is None else f"{r.detection_auc:.3f}"
+                defended += f" (caught {r.caught:.4f}, clean rejected {r.clean_rejected:.4f}, detection AUC {auc})"
             print(f"{r.model}{defended} eps={r.eps:g} ({r.norm}) n={r.n}: clean {r.clean_acc:.4f}  robust {r.robust_acc:.4f} "
                   f"[{lo:.4f}, {hi:.4f}]  top-5 {top5}  under {' + '.join(specs.expand(args.attack))}  ({r.seconds:.1f}s)")
+    # Verdicts are per model and defense mode, shared by its eps cells: print each set once.
+    shown: set[tuple[str, str]] = set()
+    for r in results:
+        if r.checks and (r.mode, r.defense) not in shown and not args.json:
+            shown.add((r.mode, r.defense))
+            failed = r.failed_checks
+            label = "" if r.defense == "none" else f" [{r.mode}]"
+            print(f"checks{label}: {len(failed)} of {sum(v.passed is not None for v in r.checks)} failed"
+                  + "".join(f"\n  {v}" for v in failed))
+    if args.strict:
+        bad = sorted({v.name for r in results if r.mode != "oblivious" for v in r.failed_checks})
+        if bad:
+            print(f"rbl: --strict: gradient-masking checks failed: {', '.join(bad)}", file=sys.stderr)
+            return EXIT_CHECKS
     return 0
 
 

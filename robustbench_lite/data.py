@@ -92,6 +92,12 @@ class Split:
             raise ValueError(f"n={n} exceeds the {len(self)} points of {self.dataset}/{self.split}")
         return Split(self.dataset, self.split, self.images[:n], self.labels[:n])
 
+    def last(self, n: int) -> "Split":
+        """Calibration points: the last ``n``, disjoint from any ``first`` subset of a different split."""
+        if not isinstance(n, int) or isinstance(n, bool) or not 0 < n <= len(self):
+            raise ValueError(f"n must be an integer in [1, {len(self)}], got {n!r}")
+        return Split(self.dataset, self.split, self.images[-n:], self.labels[-n:])
+
     def floats(self) -> torch.Tensor:
         return self.images.float().div_(255.0)
 

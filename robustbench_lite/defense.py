@@ -16,12 +16,15 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import torch
 from torch import nn
 
 from .registry import DEFENSES
+
+if TYPE_CHECKING:
+    from .detector import Detector
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,15 +51,16 @@ class Defense(ABC):
         return name + (":" + ",".join(f"{k}={v}" for k, v in cfg.items()) if cfg else "")
 
 
-def chain(defenses: Sequence[str | Defense]) -> tuple[Defense, ...]:
-    """Instantiate defense specs (``jpeg:quality=75``) in order."""
+def chain(defenses: Sequence["str | Defense | Detector"]) -> "tuple[Defense | Detector, ...]":
+    """Instantiate defense specs (``jpeg:quality=75``, ``feature_squeeze``) in order."""
     from . import specs
+    from .detector import Detector
 
     out = []
     for d in defenses:
-        obj = d if isinstance(d, Defense) else specs.create(DEFENSES, d)
-        if not isinstance(obj, Defense):
-            raise TypeError(f"defense {d!r} is a {type(obj).__name__}, not a Defense")
+        obj = d if isinstance(d, (Defense, Detector)) else specs.create(DEFENSES, d)
+        if not isinstance(obj, (Defense, Detector)):
+            raise TypeError(f"defense {d!r} is a {type(obj).__name__}, not a Defense or Detector")
         out.append(obj)
     return tuple(out)
 
@@ -127,7 +131,7 @@ class Defended(nn.Module):
         return view
 
 
-def vote(defended: Defended, x: torch.Tensor, votes: int, batch_size: int = 512) -> torch.Tensor:
+def vote(defended: nn.Module, x: torch.Tensor, votes: int, batch_size: int = 512) -> torch.Tensor:
     """Scores whose argmax is the majority label over ``votes`` passes of a random defense (ties
     broken by the mean probability); a deterministic defense needs one pass."""
     from .attack import eval_mode

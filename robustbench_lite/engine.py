@@ -23,9 +23,14 @@ from tqdm.auto import tqdm
 
 from . import __version__, specs
 from .attack import Attack, check_int, eval_mode
+from .checks import CheckConfig, Probe, Verdict
+from .checks import run as run_checks
 from .data import Split
+from . import data as data_mod
 from .defense import Defended, Defense, chain, vote
-from .stats import wilson
+from .detector import Detector, Fitted, Guarded
+from .detector import fit as fit_detector
+from .stats import auc, wilson
 from .threat import Threat
 from .zoo import LoadedModel
 
@@ -62,6 +67,13 @@ class EvalResult:
     weights_sha256: str
     versions: dict[str, str] = field(default_factory=dict)
     mode: str = "none"  # how a defense was attacked: none (no defense), adaptive or oblivious
+    checks: tuple[Verdict, ...] = ()  # gradient-masking verdicts; empty when none were run
+    # With a detector: the share of the n points whose final adversarial input it rejected,
+    # the share of clean points it rejected (its false-positive rate on this subset), and the
+    # ROC-AUC of its score between clean inputs and adversarial ones that fool the classifier.
+    caught: float | None = None
+    clean_rejected: float | None = None
+    detection_auc: float | None = None
     robust: np.ndarray = field(default_factory=lambda: np.zeros(0, bool), repr=False, compare=False)
     robust_top5_mask: np.ndarray = field(default_factory=lambda: np.zeros(0, bool), repr=False, compare=False)
 
@@ -69,8 +81,10 @@ class EvalResult:
 
     def to_row(self) -> dict[str, Any]:
         """A flat row for pandas, the store and the reports (per-example bits left out)."""
-        row = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in self._ARRAYS + ("versions",)}
+        row = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in self._ARRAYS + ("versions", "checks")}
         row["attacks"] = "+".join(self.attacks)
+        row["checks_run"] = sum(v.passed is not None for v in self.checks)
+        row["checks_failed"] = ",".join(v.name for v in self.failed_checks)
         row["robust_acc_ci_low"], row["robust_acc_ci_high"] = row.pop("robust_acc_ci")
         row.update({f"version_{k}": v for k, v in self.versions.items()})
         return row
@@ -78,19 +92,28 @@ class EvalResult:
     def to_record(self) -> dict[str, Any]:
         """Every field but the per-example bits, JSON-ready; :meth:`from_record` inverts it."""
         rec = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in self._ARRAYS}
-        return rec | {"attacks": list(self.attacks), "robust_acc_ci": list(self.robust_acc_ci)}
+        return rec | {"attacks": list(self.attacks), "robust_acc_ci": list(self.robust_acc_ci),
+                      "checks": [v.to_dict() for v in self.checks]}
 
     @classmethod
     def from_record(cls, rec: dict[str, Any], robust: np.ndarray, robust_top5: np.ndarray) -> "EvalResult":
         return cls(**(rec | {"attacks": tuple(rec["attacks"]), "robust_acc_ci": tuple(rec["robust_acc_ci"]),
+                            "checks": tuple(Verdict.from_dict(v) for v in rec.get("checks", ())),
                             "robust": robust, "robust_top5_mask": robust_top5}))
+
+    @property
+    def failed_checks(self) -> tuple[Verdict, ...]:
+        return tuple(v for v in self.checks if v.passed is False)
 
     def to_json(self) -> dict[str, Any]:
         """The ``rbl eval --json`` object."""
         return {"model": self.model, "defense": self.defense, "mode": self.mode, "attacks": list(self.attacks), "norm": self.norm,
                 "eps": self.eps, "n": self.n, "clean_acc": self.clean_acc, "robust_acc": self.robust_acc,
                 "robust_acc_ci": list(self.robust_acc_ci), "clean_top5": self.clean_top5,
-                "robust_top5": self.robust_top5, "seconds": self.seconds}
+                "robust_top5": self.robust_top5, "seconds": self.seconds,
+                "checks": [v.to_dict() for v in self.checks]} | (
+                {"caught": self.caught, "clean_rejected": self.clean_rejected, "detection_auc": self.detection_auc}
+                if self.caught is not None else {})
 
 
 def versions() -> dict[str, str]:
@@ -169,6 +192,8 @@ def evaluate(
     mode: str = "adaptive",
     eot: int = 20,
     votes: int = 10,
+    checks: CheckConfig | None = CheckConfig(),
+    calibration: Split | None = None,
 ) -> list[EvalResult]:
     """Evaluate ``model`` on the first ``n`` points of ``data`` under ``attacks`` at each eps.
 
@@ -186,13 +211,22 @@ def evaluate(
         store: a :class:`~robustbench_lite.store.Store`; cells already in it are read, not rerun.
         progress: show a progress bar.
         tolerance: slack on the budget check, for float rounding.
-        defense: preprocessing defenses (specs or instances) in front of the model, in order.
+        defense: defenses (specs or instances) in front of the model, in order: preprocessing
+            steps, then at most one detector, which guards the preprocessed classifier. A
+            detector is attacked jointly with the classifier in adaptive mode, and only the
+            classifier is attacked in oblivious mode; its rejections of adversarial inputs count
+            as robust ("caught"), its rejections of clean inputs as errors.
         mode: how a defended model is attacked. ``adaptive`` (default): white-box through the
             defense, with BPDA for steps declared non-differentiable and EOT over ``eot`` draws
             for random ones. ``oblivious``: the attack sees the bare model and its examples are
             then judged on the defended one (the number papers reported before Athalye 2018).
         eot: draws of the randomness averaged per gradient for a random defense (> 0).
         votes: passes whose majority label is the prediction of a random defense (> 0).
+        calibration: clean points a detector is fitted and thresholded on (default: the last
+            ``detector.calibration`` points of the training split).
+        checks: how the gradient-masking checks run (:class:`~robustbench_lite.checks.CheckConfig`),
+            once per call at the middle non-zero eps, their verdicts attached to every cell;
+            None skips them. They never change a robust accuracy.
 
     Returns:
         One :class:`EvalResult` per eps, in the given order.
@@ -216,7 +250,8 @@ def evaluate(
     lm = _as_loaded(model, data.dataset)
     if lm.dataset != data.dataset:
         raise ValueError(f"model {lm.name} was built for {lm.dataset} but the data is {data.dataset}")
-    if any(d.stochastic for d in defenses) and mode == "adaptive":
+    pre, detector = _split(defenses)
+    if any(d.stochastic for d in pre) and mode == "adaptive":
         # Stopping a point at the first flip of a random prediction leaves it on the boundary,
         # where the vote flips it back: against randomness every step is taken.
         attack_objs = [dataclasses.replace(a, early_stop=False) if getattr(a, "early_stop", False) else a
@@ -225,18 +260,26 @@ def evaluate(
     base = {"model": lm.name, "weights_sha256": lm.weights_sha256, "dataset": data.dataset, "defense": [],
             "attacks": [a.config() for a in attack_objs], "norm": norm, "n": len(subset),
             "data_sha256": subset.sha256(), "seed": seed, "versions": versions()}
+    fitted = None
     if defenses:
-        random_defense = any(d.stochastic for d in defenses)
+        random_defense = any(d.stochastic for d in pre)
         base |= {"defense": [d.config() for d in defenses], "mode": mode,
                  "eot": eot if random_defense and mode == "adaptive" else 1,
                  "predict": f"majority of {votes} passes" if random_defense else "one pass"}
+    if detector is not None:
+        calib = calibration if calibration is not None else data_mod.load(data.dataset, "train")
+        calib = calib.last(min(detector.calibration, len(calib)))
+        base["calibration_sha256"] = calib.sha256()
+        fitted = _fit(detector, lm, pre, calib, seed)
+    setup = _Setup(lm.model, pre, fitted, mode, eot, votes, batch_size)
     x = subset.floats()
     y = subset.labels
     # An attack that stops a point as soon as it leaves top-1 leaves it next to the boundary,
     # with its label still in the top 5: top-5 robustness is only measured without early stop.
-    top5_measured = not any(getattr(a, "early_stop", False) for a in attack_objs)
+    top5_measured = not any(getattr(a, "early_stop", False) for a in attack_objs) and fitted is None
     defense_name = " + ".join(d.spec() for d in defenses) or "none"
     plain_logits = None if defenses else predict(lm.model, x, batch_size)
+    rejects = fitted is not None
 
     results = []
     bar = tqdm(total=len(threats) * len(attack_objs), desc=lm.name, disable=not progress, leave=False)
@@ -251,18 +294,13 @@ def evaluate(
         start = time.perf_counter()
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(int(key[:15], 16))
-        if defenses:
-            deployed = Defended(lm.model, defenses, seed=int(key[15:30], 16))
-            surface = deployed.surface(eot) if mode == "adaptive" else lm.model
-            judge = functools.partial(vote, deployed, votes=votes, batch_size=batch_size)
-        else:
-            surface = lm.model
-            judge = functools.partial(predict, lm.model, batch_size=batch_size)
+        deployed, surface, judge = setup.views(int(key[15:30], 16))
         clean_logits = judge(x) if plain_logits is None else plain_logits
-        robust = clean_logits.argmax(1) == y
+        robust = clean_logits.argmax(1) == y  # a rejected clean input is an error
         clean_correct = robust.clone()
-        top5 = _top5(clean_logits, y)
+        top5 = _top5(clean_logits[:, :-1] if rejects else clean_logits, y)
         clean_top5 = top5.clone()
+        x_final = x.clone()
         for name, attack in zip(attack_names, attack_objs, strict=True):
             # Early-stopped attacks only decide top-1, so only still-robust points are worth
             # attacking; full-length ones also get the top-1-fooled points still in the top 5.
@@ -271,10 +309,12 @@ def evaluate(
                 xb, yb = x[chunk], y[chunk]
                 x_adv = attack(surface, xb, yb, threat, generator=gen)
                 _check_output(name, x_adv, xb, threat, tolerance)
-                logits = judge(threat.project(x_adv, xb))
-                robust[chunk] &= logits.argmax(1) == yb
+                x_final[chunk] = threat.project(x_adv, xb)
+                logits = judge(x_final[chunk])
+                robust[chunk] &= _held(logits, yb, rejects)
                 top5[chunk] &= _top5(logits, yb)
             bar.update(1)
+        detection = _detection(deployed, judge, x, y, x_final, clean_correct, clean_logits) if rejects else {}
         arch, recipe = (lm.card.arch, lm.card.recipe) if lm.card else (lm.name, "")
         result = _result(
             top5_measured=top5_measured,
@@ -283,13 +323,123 @@ def evaluate(
             attacks=attack_names, norm=norm, eps=threat.eps, clean_acc=int(clean_correct.sum()) / len(subset),
             clean_top5=int(clean_top5.sum()) / len(subset), seconds=time.perf_counter() - start, seed=seed,
             data_sha256=config["data_sha256"], weights_sha256=lm.weights_sha256, versions=config["versions"],
-            robust=robust.numpy().copy(), robust_top5_mask=top5.numpy().copy(),
+            robust=robust.numpy().copy(), robust_top5_mask=top5.numpy().copy(), **detection,
         )
         if store is not None:
             store.put(result, config)
         results.append(result)
     bar.close()
+    if checks is not None and any(not r.checks for r in results):
+        verdicts = _check(setup, x, y, threats, results, checks, base)
+        results = [r if r.checks else dataclasses.replace(r, checks=verdicts) for r in results]
+        if store is not None and verdicts:
+            for r in results:
+                store.set_checks(r.key, r.checks)
     return results
+
+
+def _split(defenses: tuple[Defense | Detector, ...]) -> tuple[tuple[Defense, ...], Detector | None]:
+    detectors = [i for i, d in enumerate(defenses) if isinstance(d, Detector)]
+    if len(detectors) > 1:
+        raise ValueError(f"at most one detector per evaluation, got {len(detectors)}: "
+                         + ", ".join(defenses[i].spec() for i in detectors))
+    if detectors and detectors[0] != len(defenses) - 1:
+        raise ValueError(f"the detector {defenses[detectors[0]].spec()} must come last: it guards the preprocessed classifier")
+    pre = tuple(d for d in defenses if isinstance(d, Defense))
+    return pre, (defenses[detectors[0]] if detectors else None)  # type: ignore[return-value]
+
+
+_FITTED: dict[str, Fitted] = {}
+
+
+def _fit(detector: Detector, lm: LoadedModel, pre: tuple[Defense, ...], calib: Split, seed: int) -> Fitted:
+    """Fit a detector on clean calibration points, once per model, chain and calibration set."""
+    key = cell_key({"weights": lm.weights_sha256, "detector": detector.config(), "pre": [d.config() for d in pre],
+                    "calibration": calib.sha256(), "seed": seed})
+    if key not in _FITTED:
+        classifier = Defended(lm.model, pre, seed=int(key[:15], 16))
+        with eval_mode(lm.model):
+            _FITTED[key] = fit_detector(detector, classifier.surface(1), lm.model, calib.floats(), calib.labels,
+                                        seed=int(key[15:30], 16))
+        while len(_FITTED) > 16:
+            _FITTED.pop(next(iter(_FITTED)))
+    return _FITTED[key]
+
+
+def _held(logits: torch.Tensor, y: torch.Tensor, rejects: bool) -> torch.Tensor:
+    """Whether the defense held at adversarial inputs: classified correctly, or rejected."""
+    pred = logits.argmax(1)
+    return (pred == y) | (pred == logits.shape[1] - 1) if rejects else pred == y
+
+
+def _detection(deployed: nn.Module, judge: Any, x: torch.Tensor, y: torch.Tensor, x_final: torch.Tensor,
+               clean_correct: torch.Tensor, clean_logits: torch.Tensor) -> dict[str, float | None]:
+    final = judge(x_final)
+    reject = final.shape[1] - 1
+    caught = clean_correct & (final.argmax(1) == reject)
+
+    def margin(v: torch.Tensor) -> torch.Tensor:  # reject logit over the best class: monotone in the score
+        return torch.cat([o[:, -1] - o[:, :-1].amax(1) for o in map(deployed, v.split(500))])
+
+    with torch.no_grad(), eval_mode(deployed):
+        m_clean, m_adv = margin(x), margin(x_final)
+    # Adversarial inputs that fool the classifier alone (its K columns) against clean inputs.
+    fooled = clean_correct & (final[:, :-1].argmax(1) != y)
+    return {"caught": int(caught.sum()) / len(x),
+            "clean_rejected": int((clean_logits.argmax(1) == reject).sum()) / len(x),
+            "detection_auc": auc(m_clean[clean_correct], m_adv[fooled])}
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """A model with its defenses as the engine attacks and judges it."""
+
+    model: nn.Module
+    pre: tuple[Defense, ...]
+    detector: Fitted | None
+    mode: str
+    eot: int
+    votes: int
+    batch_size: int
+
+    @property
+    def defended(self) -> bool:
+        return bool(self.pre) or self.detector is not None
+
+    @property
+    def parts(self) -> tuple[Defense | Detector, ...]:
+        return self.pre + ((self.detector.detector,) if self.detector is not None else ())
+
+    def views(self, seed: int) -> tuple[nn.Module, nn.Module, Any]:
+        """The deployed model, the attack's view of it, and the judge of its predictions."""
+        if not self.defended:
+            return self.model, self.model, functools.partial(predict, self.model, batch_size=self.batch_size)
+        classifier = Defended(self.model, self.pre, seed=seed)
+        deployed: nn.Module = classifier
+        surface: nn.Module = classifier.surface(self.eot) if self.mode == "adaptive" else self.model
+        if self.detector is not None:
+            deployed = Guarded(classifier, self.model, self.detector, bpda=False)
+            if self.mode == "adaptive":
+                surface = Guarded(surface, self.model, self.detector, bpda=True)
+        return deployed, surface, functools.partial(vote, deployed, votes=self.votes, batch_size=self.batch_size)
+
+
+def _check(setup: _Setup, x: torch.Tensor, y: torch.Tensor, threats: list[Threat], results: list[EvalResult],
+           cfg: CheckConfig, base: dict[str, Any]) -> tuple[Verdict, ...]:
+    nonzero = sorted(t.eps for t in threats if t.eps > 0)
+    if not nonzero:
+        return ()
+    threat = Threat(threats[0].norm, nonzero[len(nonzero) // 2])
+    seed = int(cell_key(base | {"checks": dataclasses.asdict(cfg), "eps": threat.eps})[:15], 16)
+    deployed, surface, judge = setup.views(seed)
+    adaptive = setup.defended and setup.mode == "adaptive"
+    probe = Probe(deployed=deployed, surface=surface, judge=judge, x=x[:cfg.n], y=y[:cfg.n], threat=threat, config=cfg,
+                  generator=torch.Generator().manual_seed(seed), bare=setup.model if adaptive else None,
+                  declared_stochastic=any(d.stochastic for d in setup.pre),
+                  bpda=adaptive and not all(d.differentiable for d in setup.parts),
+                  rejects=setup.detector is not None, accuracies={r.eps: r.robust_acc for r in results})
+    torch.manual_seed(seed)
+    return run_checks(probe)
 
 
 def _result(*, robust: np.ndarray, robust_top5_mask: np.ndarray, top5_measured: bool, **fields: Any) -> EvalResult:
@@ -318,7 +468,7 @@ def combine(results: Sequence[EvalResult]) -> EvalResult:
     config = {"combined_from": sorted(r.key for r in results)}
     return _result(
         top5_measured=all(r.robust_top5 is not None for r in results), key=cell_key(config), model=first.model, arch=first.arch, recipe=first.recipe, dataset=first.dataset,
-        defense=first.defense, mode=first.mode, attacks=attacks, norm=first.norm, eps=first.eps, clean_acc=first.clean_acc,
+        defense=first.defense, mode=first.mode, attacks=attacks, checks=next((r.checks for r in results if r.checks), ()), norm=first.norm, eps=first.eps, clean_acc=first.clean_acc,
         clean_top5=first.clean_top5, seconds=sum(r.seconds for r in results), seed=first.seed,
         data_sha256=first.data_sha256, weights_sha256=first.weights_sha256, versions=first.versions,
         robust=np.logical_and.reduce([r.robust for r in results]),

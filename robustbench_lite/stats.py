@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -19,3 +23,12 @@ def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def auc(negatives: "torch.Tensor", positives: "torch.Tensor") -> float | None:
+    """ROC-AUC of a score separating ``positives`` from ``negatives``: the chance that a random
+    positive outscores a random negative, ties counted half (Mann-Whitney). None when a side is empty."""
+    if negatives.numel() == 0 or positives.numel() == 0:
+        return None
+    diff = positives.double()[:, None] - negatives.double()[None, :]
+    return float(((diff > 0).double() + 0.5 * (diff == 0).double()).mean())

@@ -53,6 +53,15 @@ class Store:
                 (result.key, json.dumps(config, sort_keys=True, default=str), json.dumps(row), np.packbits(np.concatenate([result.robust, result.robust_top5_mask])).tobytes()),
             )
 
+    def set_checks(self, key: str, checks: "tuple[Any, ...]") -> None:
+        """Attach gradient-masking verdicts to a stored cell (they never change its numbers)."""
+        hit = self._db.execute("SELECT row FROM results WHERE key = ?", (key,)).fetchone()
+        if hit is None:
+            raise KeyError(f"no stored cell with key {key}")
+        row = json.loads(hit[0]) | {"checks": [v.to_dict() for v in checks]}
+        with self._db:
+            self._db.execute("UPDATE results SET row = ? WHERE key = ?", (json.dumps(row), key))
+
     def get(self, key: str) -> EvalResult | None:
         cur = self._db.execute("SELECT row, robust FROM results WHERE key = ?", (key,))
         hit = cur.fetchone()

@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 
 from robustbench_lite import zoo
-from robustbench_lite.engine import combine, evaluate
+from robustbench_lite.engine import combine
 from robustbench_lite.registry import MODELS
 from robustbench_lite.train import TrainConfig, train
+
+from .conftest import evaluate
 
 
 @pytest.mark.slow

@@ -6,14 +6,14 @@ import torch
 
 from robustbench_lite import specs
 from robustbench_lite.defense import Defended, Defense, chain
-from robustbench_lite.engine import evaluate
 from robustbench_lite.registry import DEFENSES
 from robustbench_lite.store import Store
 from robustbench_lite.threat import Threat
 
-from .conftest import accuracy
+from .conftest import accuracy, evaluate
 
-NAMES = DEFENSES.names()
+# Preprocessors; detectors have their own conformance suite in test_detectors.py.
+NAMES = [n for n in DEFENSES.names() if DEFENSES.get(n).meta.get("kind") != "detector"]
 
 
 @pytest.fixture(params=NAMES)

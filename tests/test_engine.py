@@ -7,10 +7,12 @@ import pytest
 
 from attacks import FGSM, PGD
 from robustbench_lite.attack import Attack
-from robustbench_lite.engine import AttackBudgetError, combine, evaluate
+from robustbench_lite.engine import AttackBudgetError, combine
 from robustbench_lite.registry import ATTACKS
 from robustbench_lite.stats import wilson
 from robustbench_lite.store import Store
+
+from .conftest import evaluate
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

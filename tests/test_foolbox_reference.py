@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from robustbench_lite.engine import evaluate
+from .conftest import evaluate
 
 
 def test_fgsm_matches_foolbox_example_by_example(trained, fmnist_test):

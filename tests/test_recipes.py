@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 
 from robustbench_lite import zoo
-from robustbench_lite.engine import evaluate
 from robustbench_lite.registry import RECIPES
 from robustbench_lite import train as train_mod
 from robustbench_lite.train import TrainConfig, train
+
+from .conftest import evaluate
 
 BUDGET = dict(arch="smallcnn", epochs=2, train_subset=5000, seed=0)
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from robustbench_lite import profiles
-from robustbench_lite.engine import evaluate
 from robustbench_lite.store import Store
+
+from .conftest import evaluate
 
 EPS = [0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08]
 SCRIPT = textwrap.dedent("""

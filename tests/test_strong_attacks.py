@@ -8,12 +8,11 @@ import torch
 from attacks.apgd import _dlr
 from attacks.square import _square_fraction
 from robustbench_lite import specs
-from robustbench_lite.engine import evaluate
 from robustbench_lite.registry import ATTACKS
 from robustbench_lite.threat import Threat
 from robustbench_lite.train import TrainConfig, train
 
-from .conftest import accuracy
+from .conftest import accuracy, evaluate
 
 
 def test_dlr_ignores_shift_and_scale_of_the_logits():
