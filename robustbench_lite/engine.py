@@ -305,7 +305,7 @@ def evaluate(
             # Early-stopped attacks only decide top-1, so only still-robust points are worth
             # attacking; full-length ones also get the top-1-fooled points still in the top 5.
             todo = (top5 if top5_measured else robust).nonzero().squeeze(1)
-            for chunk in todo.split(batch_size):
+            for chunk in todo.split(batch_size) if todo.numel() else ():
                 xb, yb = x[chunk], y[chunk]
                 x_adv = attack(surface, xb, yb, threat, generator=gen)
                 _check_output(name, x_adv, xb, threat, tolerance)

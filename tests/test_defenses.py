@@ -146,3 +146,9 @@ def test_quantised_model_fools_the_naive_attack_but_not_bpda(trained, fmnist_tes
     naive = pgd(deployed, x, y, threat, generator=torch.Generator().manual_seed(0))
     bpda = pgd(deployed.surface(1), x, y, threat, generator=torch.Generator().manual_seed(0))
     assert accuracy(deployed, bpda, y) < accuracy(deployed, naive, y) - 0.3
+
+
+def test_a_cascade_whose_first_attack_fools_everything_is_fine_behind_a_defense(trained, fmnist_test):
+    # The second attack has no point left to attack; the judge must not see an empty batch.
+    r = evaluate(trained, fmnist_test, ["pgd:steps=20,step_size=0.1", "fgsm"], [1.0], n=30, defense=["jpeg"])[0]
+    assert r.robust_acc == 0.0 and r.clean_acc > 0.5
