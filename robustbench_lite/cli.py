@@ -103,6 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-store", action="store_true", help="do not read or write the results store")
     common(e)
 
+    x = sub.add_parser("experiment", help="run an experiment (universal perturbations, ...) and store its artifacts")
+    x.add_argument("spec", help="name[:key=value,...], e.g. universal:xi=0.1 (rbl list experiments)")
+    x.add_argument("--models", nargs="+", required=True, metavar="MODEL",
+                   help="zoo names or checkpoint paths (.safetensors with card, or zoo folders)")
+    x.add_argument("--seed", type=int, default=0)
+    x.add_argument("--json", action="store_true", help="one JSON object per model")
+    x.add_argument("--no-store", action="store_true", help="do not write artifacts to the results store")
+    common(x)
+
     lb = sub.add_parser("leaderboard", help="print or write the leaderboard from the store")
     lb.add_argument("--format", default="md", help="md (default), csv or json")
     lb.add_argument("--eps", type=_eps, default=0.1, help="headline eps (default 0.1)")
@@ -110,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--store", type=Path)
 
     ls = sub.add_parser("list", help="list registered models, attacks, defenses or recipes")
-    ls.add_argument("what", choices=["models", "attacks", "defenses", "recipes"])
+    ls.add_argument("what", choices=["models", "attacks", "defenses", "recipes", "experiments"])
     ls.add_argument("--json", action="store_true")
     return p
 
@@ -214,6 +223,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from . import data, specs, zoo
+    from .experiment import execute
+    from .registry import EXPERIMENTS
+
+    experiment = specs.create(EXPERIMENTS, args.spec)  # a bad spec fails before any loading
+    models = [zoo.load_checkpoint(m) if m.endswith((".safetensors", ".pt")) or Path(m).is_dir() else zoo.load(m)
+              for m in args.models]
+    dataset = models[0].dataset
+    train = data.load(dataset, "train", data_dir=args.data_dir)
+    test = data.load(dataset, "test", data_dir=args.data_dir)
+    store = None if args.no_store else _store(args.store)
+    try:
+        done = execute(experiment, models, train, test, store=store, seed=args.seed)
+    finally:
+        if store is not None:
+            store.close()
+    for outcome, key in done:
+        if args.json:
+            print(json.dumps({"model": outcome.model, "artifact": key, **outcome.metrics}))
+        else:
+            shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in outcome.metrics.items()
+                              if not isinstance(v, dict))
+            print(f"{outcome.model}: {shown}")
+    return 0
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from reports import leaderboard
 
@@ -230,9 +266,10 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from . import specs, zoo
-    from .registry import ATTACKS, DEFENSES, MODELS, RECIPES
+    from .registry import ATTACKS, DEFENSES, EXPERIMENTS, MODELS, RECIPES
 
-    reg = {"models": MODELS, "attacks": ATTACKS, "defenses": DEFENSES, "recipes": RECIPES}[args.what]
+    reg = {"models": MODELS, "attacks": ATTACKS, "defenses": DEFENSES, "recipes": RECIPES,
+           "experiments": EXPERIMENTS}[args.what]
     items = []
     for name in reg.names():
         entry = reg.get(name)
@@ -263,7 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    handlers = {"run": cmd_run, "train": cmd_train, "eval": cmd_eval, "leaderboard": cmd_leaderboard, "list": cmd_list}
+    handlers = {"run": cmd_run, "train": cmd_train, "eval": cmd_eval, "experiment": cmd_experiment,
+                "leaderboard": cmd_leaderboard, "list": cmd_list}
     try:
         return handlers[args.cmd](args)
     except (ValueError, TypeError, DatasetNotFoundError, CheckpointError, ModelNotTrainedError,

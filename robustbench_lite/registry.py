@@ -110,3 +110,4 @@ MODELS = Registry("model architecture", modules=("robustbench_lite.zoo",), entry
 ATTACKS = Registry("attack", modules=("attacks",), entry_point_group="robustbench_lite.attacks")
 DEFENSES = Registry("defense", modules=("defenses",), entry_point_group="robustbench_lite.defenses")
 RECIPES = Registry("training recipe", modules=("robustbench_lite.recipes",))
+EXPERIMENTS = Registry("experiment", modules=("experiments",), entry_point_group="robustbench_lite.experiments")

@@ -5,14 +5,18 @@ and restarted ends with every cell exactly once; ``INSERT OR IGNORE`` keeps the 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .engine import EvalResult
+
+if TYPE_CHECKING:
+    import torch
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -21,6 +25,13 @@ CREATE TABLE IF NOT EXISTS results (
     config TEXT NOT NULL,
     row TEXT NOT NULL,
     robust BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS artifacts (
+    key TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    created TEXT NOT NULL DEFAULT (datetime('now')),
+    meta TEXT NOT NULL,
+    tensors BLOB NOT NULL
 )
 """
 
@@ -33,7 +44,7 @@ class Store:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(_SCHEMA)
+        self._db.executescript(_SCHEMA)
         self._db.commit()
 
     def close(self) -> None:
@@ -71,6 +82,27 @@ class Store:
         """The full configuration a cell was computed under (what its key hashes)."""
         hit = self._db.execute("SELECT config FROM results WHERE key = ?", (key,)).fetchone()
         return None if hit is None else json.loads(hit[0])
+
+    def put_artifact(self, kind: str, meta: dict[str, Any], tensors: dict[str, "torch.Tensor"]) -> str:
+        """Store an experiment's output (a universal perturbation, fooling images, distances)
+        with its metadata; the key hashes both, and a second put of the same is a no-op."""
+        from safetensors.torch import save
+
+        blob = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+        text = json.dumps(meta, sort_keys=True, default=str)
+        key = hashlib.sha256(kind.encode() + text.encode() + blob).hexdigest()
+        with self._db:
+            self._db.execute("INSERT OR IGNORE INTO artifacts (key, kind, meta, tensors) VALUES (?, ?, ?, ?)",
+                             (key, kind, text, blob))
+        return key
+
+    def artifacts(self, kind: str | None = None) -> list[tuple[str, dict[str, Any], dict[str, "torch.Tensor"]]]:
+        """(key, meta, tensors) of every stored artifact of ``kind`` (all kinds if None), oldest first."""
+        from safetensors.torch import load
+
+        sql = "SELECT key, meta, tensors FROM artifacts" + (" WHERE kind = ?" if kind else "") + " ORDER BY created, key"
+        rows = self._db.execute(sql, (kind,) if kind else ()).fetchall()
+        return [(k, json.loads(m), load(b)) for k, m, b in rows]
 
     def __len__(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM results").fetchone()[0])

@@ -1,0 +1,150 @@
+"""Universal perturbations: "Universal adversarial perturbations", Moosavi-Dezfooli, Fawzi,
+Fawzi and Frossard, 2017, arXiv:1610.08401 (Algorithm 1); with the cross-architecture
+transfer matrices of its Table 2 and of Papernot et al. 2016 (arXiv:1605.07277)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attacks.deepfool import deepfool
+from robustbench_lite.attack import _direction, check_choice, check_int, check_positive, eval_mode
+from robustbench_lite.data import Split
+from robustbench_lite.experiment import Experiment, Outcome, predictions
+from robustbench_lite.registry import ATTACKS, EXPERIMENTS
+from robustbench_lite.threat import Threat
+from robustbench_lite.zoo import LoadedModel
+
+
+def craft(model: nn.Module, x: torch.Tensor, threat: Threat, *, method: str = "deepfool", delta: float = 0.2,
+          passes: int = 10, batch: int = 16, steps: int = 10, overshoot: float = 0.02, lr: float = 0.005,
+          generator: torch.Generator | None = None) -> tuple[torch.Tensor, float]:
+    """One perturbation v with ||v|| <= xi that changes the prediction on as many of ``x`` as
+    it can; stops once the fooling rate on ``x`` reaches 1 - delta or after ``passes``.
+
+    ``deepfool`` (the paper's Algorithm 1): for each point x + v does not fool yet, add its
+    DeepFool step (L2, at most ``steps`` iterations, overshoot 0.02, as in the authors' code
+    for every p) and project v back onto the ball. DeepFool runs batched over ``batch``
+    points; the v updates are applied one point at a time, as in the paper.
+
+    ``sgd`` (Shafahi et al. 2020, "Universal Adversarial Training", arXiv:1811.11304): signed
+    (L-inf) or normalised (L2) gradient ascent on the mean cross-entropy over mini-batches of
+    ``4 * batch`` points, step ``lr``, projected.
+
+    Returns (v of shape (1, C, H, W), fooling rate on x).
+    """
+    with eval_mode(model):
+        pred = predictions(model, x)
+        v = torch.zeros_like(x[:1])
+        rate = 0.0
+        for _ in range(passes):
+            if method == "sgd":
+                for idx in torch.randperm(len(x), generator=generator).split(4 * batch):
+                    vv = v.clone().requires_grad_(True)
+                    loss = F.cross_entropy(model((x[idx] + vv).clamp(0, 1)), pred[idx])
+                    (g,) = torch.autograd.grad(loss, vv)
+                    v = _project(v + lr * _direction(g, threat, "sign"), threat)
+            else:
+                for idx in torch.randperm(len(x), generator=generator).split(batch):
+                    xv = (x[idx] + v).clamp(0, 1)
+                    with torch.no_grad():
+                        alive = model(xv).argmax(1) == pred[idx]
+                    if not bool(alive.any()):
+                        continue
+                    x_df, fooled = deepfool(model, xv[alive], pred[idx][alive], "l2", steps=steps, overshoot=overshoot)
+                    for r in (x_df - xv[alive])[fooled]:
+                        v = _project(v + r, threat)
+            rate = fooling_rate(model, x, v, pred)
+            if rate >= 1 - delta:
+                break
+    return v.detach(), rate
+
+
+def _project(v: torch.Tensor, threat: Threat) -> torch.Tensor:
+    if threat.norm == "linf":
+        return v.clamp(-threat.eps, threat.eps)
+    return v * min(1.0, threat.eps / max(v.norm().item(), 1e-12))
+
+
+def fooling_rate(model: nn.Module, x: torch.Tensor, v: torch.Tensor, pred: torch.Tensor | None = None) -> float:
+    """The share of points whose prediction changes when v is added (the paper's measure)."""
+    pred = predictions(model, x) if pred is None else pred
+    return float((predictions(model, (x + v).clamp(0, 1)) != pred).float().mean())
+
+
+@EXPERIMENTS.register("universal")
+@dataclass(frozen=True, kw_only=True)
+class Universal(Experiment):
+    """A universal perturbation per model, crafted on training images and measured on
+    held-out test points, next to per-example PGD at the same eps; with several models, the
+    matrices of how A's perturbation and A's PGD examples fool B.
+
+    Args:
+        xi: radius of the perturbation (default 0.1, the headline eps).
+        norm: ``linf`` (default) or ``l2``.
+        method: ``deepfool`` (default, Moosavi-Dezfooli 2017) or ``sgd`` (Shafahi 2020), see :func:`craft`.
+        delta: stop at a training fooling rate of 1 - delta (default 0.2, as in the paper).
+        passes: passes over the training images at most (default 10).
+        n_train: training images it is crafted on (default 2000, the first of the split).
+        n_test: held-out test points it is measured on (default 1000).
+        pgd_steps: steps of the per-example PGD it is compared with (default 20).
+
+    Example:
+        >>> rbl experiment universal --models smallcnn-fmnist-standard resnet10t-fmnist-standard
+    """
+
+    xi: float = 0.1
+    norm: str = "linf"
+    method: str = "deepfool"
+    delta: float = 0.2
+    passes: int = 10
+    n_train: int = 2000
+    n_test: int = 1000
+    pgd_steps: int = 20
+
+    def __post_init__(self) -> None:
+        check_positive("universal", "xi", self.xi)
+        Threat(self.norm, self.xi)
+        check_choice("universal", "method", self.method, ("deepfool", "sgd"))
+        if isinstance(self.delta, bool) or not isinstance(self.delta, (int, float)) or not 0 <= self.delta < 1:
+            raise ValueError(f"universal: delta must be a number in [0, 1), got {self.delta!r}")
+        check_int("universal", "passes", self.passes, 1)
+        check_int("universal", "n_train", self.n_train, 1)
+        check_int("universal", "n_test", self.n_test, 1)
+        check_int("universal", "pgd_steps", self.pgd_steps, 1)
+
+    def run(self, models: Sequence[LoadedModel], train: Split, test: Split, *, seed: int) -> list[Outcome]:
+        threat = Threat(self.norm, self.xi)
+        x_train = train.first(self.n_train).floats()
+        sub = test.first(self.n_test)
+        x, y = sub.floats(), sub.labels
+        g = torch.Generator().manual_seed(seed)
+        preds = {lm.name: predictions(lm.model, x) for lm in models}
+        perts, pgd = {}, {}
+        crafted = {}
+        for lm in models:
+            v, train_rate = craft(lm.model, x_train, threat, method=self.method, delta=self.delta, passes=self.passes,
+                                  generator=g)
+            perts[lm.name] = v
+            crafted[lm.name] = train_rate
+            # Per-example PGD on the model's own predictions, so both measure prediction change.
+            pgd[lm.name] = threat.project(ATTACKS.create("pgd", steps=self.pgd_steps, early_stop=False)(
+                lm.model, x, preds[lm.name], threat, generator=g), x)
+        outcomes = []
+        for a in models:
+            own = preds[a.name]
+            metrics = {
+                "xi": self.xi, "norm": self.norm, "n_test": len(sub), "train_fooling_rate": crafted[a.name],
+                "fooling_rate": fooling_rate(a.model, x, perts[a.name], own),
+                "clean_acc": float((own == y).float().mean()),
+                "acc_under_perturbation": float((predictions(a.model, (x + perts[a.name]).clamp(0, 1)) == y).float().mean()),
+                "pgd_fooling_rate": float((predictions(a.model, pgd[a.name]) != own).float().mean()),
+                "universal_transfer": {b.name: fooling_rate(b.model, x, perts[a.name], preds[b.name]) for b in models},
+                "pgd_transfer": {b.name: float((predictions(b.model, pgd[a.name]) != preds[b.name]).float().mean())
+                                 for b in models},
+            }
+            outcomes.append(Outcome(a.name, metrics, {"perturbation": perts[a.name][0]}))
+        return outcomes

@@ -1,0 +1,66 @@
+"""Experiments: studies that are not an attack on (x, y) under a threat, such as universal
+perturbations, fooling images and minimal perturbations. Each is one registered file in
+``experiments/``; its outputs are stored as artifacts, which the reports read, never recompute.
+"""
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from . import __version__
+from .data import Split
+from .registry import EXPERIMENTS
+from .zoo import LoadedModel
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One model's figures (numbers) and tensors (perturbations, images, distances)."""
+
+    model: str
+    metrics: dict[str, Any]
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Experiment(ABC):
+    """Base class: frozen hyperparameters checked in ``__post_init__``, and ``run``."""
+
+    @abstractmethod
+    def run(self, models: Sequence[LoadedModel], train: Split, test: Split, *, seed: int) -> list[Outcome]:
+        """Figures per model; several models may be compared with each other (transfer)."""
+
+    def config(self) -> dict[str, Any]:
+        return {"experiment": EXPERIMENTS.name_of(type(self)), **dataclasses.asdict(self)}
+
+
+def execute(experiment: Experiment, models: Sequence[LoadedModel], train: Split, test: Split, *,
+            store: Any | None = None, seed: int = 0) -> list[tuple[Outcome, str | None]]:
+    """Run an experiment and store every outcome as an artifact; returns (outcome, key)."""
+    if not models:
+        raise ValueError("an experiment needs at least one model")
+    datasets = {lm.dataset for lm in models} | {train.dataset, test.dataset}
+    if len(datasets) != 1:
+        raise ValueError(f"models and data must share one dataset, got {sorted(datasets)}")
+    torch.manual_seed(seed)
+    outcomes = experiment.run(models, train, test, seed=seed)
+    shas = {lm.name: lm.weights_sha256 for lm in models}
+    out = []
+    for o in outcomes:
+        key = None
+        if store is not None:
+            meta = {"model": o.model, "weights_sha256": shas.get(o.model), "config": experiment.config(),
+                    "metrics": o.metrics, "seed": seed, "test_sha256": test.sha256(), "version": __version__}
+            key = store.put_artifact(experiment.config()["experiment"], meta, o.tensors)
+        out.append((o, key))
+    return out
+
+
+def predictions(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    from .engine import predict
+
+    return predict(model, x, batch_size).argmax(1)

@@ -1,0 +1,114 @@
+"""Minimal perturbations (DeepFool, L-BFGS) against foolbox, and universal perturbations with
+their transfer matrices and stored artifacts."""
+from __future__ import annotations
+
+import json
+
+import foolbox as fb
+import pytest
+import torch
+
+from attacks.deepfool import deepfool
+from attacks.lbfgs import lbfgs
+from experiments.universal import craft
+from robustbench_lite.cli import main
+from robustbench_lite.experiment import execute, predictions
+from robustbench_lite.registry import EXPERIMENTS
+from robustbench_lite.store import Store
+from robustbench_lite.threat import Threat
+
+
+@pytest.fixture(scope="module")
+def correct(trained, batch):
+    x, y = batch
+    ok = predictions(trained.model, x) == y
+    return x[ok][:100], y[ok][:100]
+
+
+@pytest.fixture(scope="module")
+def fmnist_train():
+    from robustbench_lite import data
+
+    return data.load("fmnist", "train")
+
+
+def test_deepfool_matches_foolbox_on_the_same_points(trained, correct):
+    x, y = correct
+    ours, fooled = deepfool(trained.model, x, y, "l2")
+    _, ref, ok = fb.attacks.L2DeepFoolAttack(steps=50, overshoot=0.02)(fb.PyTorchModel(trained.model, bounds=(0, 1)), x, y, epsilons=None)
+    d_ours, d_ref = ((v - x).flatten(1).norm(dim=1).median().item() for v in (ours, ref))
+    assert bool(fooled.all()) and bool(ok.all())
+    assert d_ours <= 1.1 * d_ref, (d_ours, d_ref)
+
+
+def test_deepfool_linf_always_succeeds_with_a_small_perturbation(trained, correct):
+    x, y = correct
+    x_adv, fooled = deepfool(trained.model, x, y, "linf")
+    dist = (x_adv - x).flatten(1).abs().amax(1)
+    assert bool(fooled.all()) and 0 < dist.median().item() < 0.1
+
+
+def test_lbfgs_succeeds_everywhere_and_is_no_larger_than_deepfool(trained, correct):
+    x, y = correct[0][:30], correct[1][:30]
+    x_lb, ok = lbfgs(trained.model, x, y, search_steps=5, max_iter=50)
+    x_df, _ = deepfool(trained.model, x, y, "l2")
+    d_lb, d_df = ((v - x).flatten(1).norm(dim=1).median().item() for v in (x_lb, x_df))
+    assert bool(ok.all()) and bool((predictions(trained.model, x_lb) != y).all())
+    assert 0 < d_lb <= 1.1 * d_df, (d_lb, d_df)
+
+
+@pytest.mark.parametrize("method,floor", [("sgd", 0.2), ("deepfool", 0.05)])
+def test_universal_perturbation_fools_held_out_points_but_less_than_pgd(trained, fmnist_train, fmnist_test, method, floor):
+    exp = EXPERIMENTS.create("universal", method=method, n_train=1000, n_test=300, passes=3)
+    (outcome, key), = execute(exp, [trained], fmnist_train, fmnist_test)
+    m, v = outcome.metrics, outcome.tensors["perturbation"]
+    assert v.abs().max().item() <= 0.1 + 1e-6 and key is None
+    assert floor <= m["fooling_rate"] <= m["pgd_fooling_rate"], m
+    assert m["acc_under_perturbation"] < m["clean_acc"]
+
+
+def test_l2_universal_perturbation_stays_in_its_ball(trained, fmnist_train):
+    v, _ = craft(trained.model, fmnist_train.first(200).floats(), Threat("l2", 2.0), method="deepfool", passes=1)
+    assert v.norm().item() <= 2.0 + 1e-5 and v.abs().sum() > 0
+
+
+def test_transfer_matrices_and_artifacts(trained, fmnist_train, fmnist_test, tmp_path):
+    from robustbench_lite import zoo
+    from robustbench_lite.train import TrainConfig, train
+
+    train(TrainConfig(arch="smallcnn", epochs=1, train_subset=3000, seed=3), out=tmp_path / "other")
+    other = zoo.load_checkpoint(tmp_path / "other")
+    other = zoo.LoadedModel("smallcnn-other", other.model, other.dataset, other.weights_sha256)
+    exp = EXPERIMENTS.create("universal", method="sgd", n_train=500, n_test=200, passes=2)
+    with Store(tmp_path / "s.sqlite") as store:
+        done = execute(exp, [trained, other], fmnist_train, fmnist_test, store=store)
+        stored = store.artifacts("universal")
+    assert [o.model for o, _ in done] == [trained.name, "smallcnn-other"]
+    for o, _ in done:
+        assert set(o.metrics["pgd_transfer"]) == {trained.name, "smallcnn-other"}
+        # Per-example PGD fools its own model more than it fools the other one.
+        assert o.metrics["pgd_transfer"][o.model] >= max(o.metrics["pgd_transfer"].values()) - 1e-9
+    assert len(stored) == 2 and stored[0][1]["model"] == trained.name
+    assert torch.equal(stored[0][2]["perturbation"], done[0][0].tensors["perturbation"])
+
+
+def test_experiment_cli(trained, tmp_path, capsys):
+    argv = ["experiment", "universal:method=sgd,n_train=300,n_test=100,passes=1", "--models", trained.name,
+            "--json", "--store", str(tmp_path / "s.sqlite")]
+    assert main(argv) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["model"] == trained.name and len(row["artifact"]) == 64 and 0 <= row["fooling_rate"] <= 1
+    assert main(["experiment", "universal:method=magic", "--models", trained.name]) == 2
+    assert "universal: method must be one of deepfool, sgd, got 'magic'" in capsys.readouterr().err
+    assert main(["experiment", "unversal", "--models", trained.name]) == 2
+    assert "did you mean 'universal'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(xi=-0.1), "universal: xi must be a finite number > 0, got -0.1"),
+    (dict(norm="l1"), "unknown norm 'l1'"),
+    (dict(delta=1.0), r"universal: delta must be a number in \[0, 1\), got 1.0"),
+])
+def test_bad_universal_arguments(kw, match):
+    with pytest.raises(ValueError, match=match):
+        EXPERIMENTS.create("universal", **kw)
