@@ -1,5 +1,6 @@
 """Experiments, one file each. Importing this package registers them in ``EXPERIMENTS``."""
-from . import universal  # noqa: F401
+from . import fooling, universal  # noqa: F401
+from .fooling import Fooling
 from .universal import Universal
 
-__all__ = ["Universal"]
+__all__ = ["Fooling", "Universal"]

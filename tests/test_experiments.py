@@ -112,3 +112,35 @@ def test_experiment_cli(trained, tmp_path, capsys):
 def test_bad_universal_arguments(kw, match):
     with pytest.raises(ValueError, match=match):
         EXPERIMENTS.create("universal", **kw)
+
+
+@pytest.mark.parametrize("method,floor", [("gradient", 1.0), ("evolution", 0.5)])
+def test_fooling_images_reach_high_confidence(trained, fmnist_train, fmnist_test, method, floor):
+    (outcome, _), = execute(EXPERIMENTS.create("fooling", method=method), [trained], fmnist_train, fmnist_test)
+    images, conf = outcome.tensors["images"], outcome.tensors["confidence"]
+    assert images.shape == (10, 1, 28, 28) and images.min() >= 0 and images.max() <= 1
+    assert outcome.metrics["classes_reached"] >= floor, outcome.metrics
+    with torch.no_grad():
+        probs = torch.softmax(trained.model(images), dim=1)
+    assert torch.allclose(probs.diagonal(), conf, atol=1e-5)  # the stored confidences are the model's
+    assert float((conf >= 0.99).float().mean()) == outcome.metrics["classes_reached"]
+
+
+def test_fooling_images_are_not_test_images(trained, fmnist_train, fmnist_test):
+    # "Unrecognizable": far from every real image of the class they are assigned.
+    (outcome, _), = execute(EXPERIMENTS.create("fooling"), [trained], fmnist_train, fmnist_test)
+    real = fmnist_test.first(1000)
+    x, y = real.floats(), real.labels
+    for c, img in enumerate(outcome.tensors["images"]):
+        nearest = (x[y == c] - img).flatten(1).norm(dim=1).min().item()
+        assert nearest > 3.0, (c, nearest)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(method="cppn"), "fooling: method must be one of gradient, evolution, got 'cppn'"),
+    (dict(threshold=1.0), r"fooling: threshold must be a number in \(0, 1\), got 1.0"),
+    (dict(population=1), "fooling: population must be an integer >= 2, got 1"),
+])
+def test_bad_fooling_arguments(kw, match):
+    with pytest.raises(ValueError, match=match):
+        EXPERIMENTS.create("fooling", **kw)
