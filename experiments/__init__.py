@@ -1,6 +1,8 @@
 """Experiments, one file each. Importing this package registers them in ``EXPERIMENTS``."""
-from . import fooling, universal  # noqa: F401
+from . import fooling, min_norm, transforms, universal  # noqa: F401
 from .fooling import Fooling
+from .min_norm import MinNorm
+from .transforms import Transforms
 from .universal import Universal
 
-__all__ = ["Fooling", "Universal"]
+__all__ = ["Fooling", "MinNorm", "Transforms", "Universal"]

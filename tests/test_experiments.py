@@ -144,3 +144,33 @@ def test_fooling_images_are_not_test_images(trained, fmnist_train, fmnist_test):
 def test_bad_fooling_arguments(kw, match):
     with pytest.raises(ValueError, match=match):
         EXPERIMENTS.create("fooling", **kw)
+
+
+def test_min_norm_reports_distances_with_full_success(trained, fmnist_train, fmnist_test):
+    exp = EXPERIMENTS.create("min_norm", methods="deepfool+fb_deepfool", n=40)
+    (outcome, _), = execute(exp, [trained], fmnist_train, fmnist_test)
+    ours, ref = outcome.metrics["deepfool"], outcome.metrics["fb_deepfool"]
+    assert ours["success"] == 1.0 and ref["success"] == 1.0
+    assert ours["median"] <= 1.1 * ref["median"] and ours["p10"] <= ours["median"] <= ours["p90"]
+    assert outcome.tensors["deepfool_distance"].shape == (40,)
+
+
+def test_min_norm_refuses_a_meaningless_combination():
+    with pytest.raises(ValueError, match="min_norm: lbfgs minimises the L2 norm; use norm=l2"):
+        EXPERIMENTS.create("min_norm", methods="lbfgs", norm="linf")
+    with pytest.raises(ValueError, match="min_norm: methods must be one of deepfool, lbfgs, fb_deepfool, fb_cw, got 'cw'"):
+        EXPERIMENTS.create("min_norm", methods="deepfool+cw")
+
+
+def test_destruction_rates_follow_kurakin(trained, fmnist_train, fmnist_test):
+    # FGSM examples survive transformations better than the minimal, early-stopped BIM ones,
+    # and stronger transformations destroy more (Kurakin et al. 2017, Section 4).
+    exp = EXPERIMENTS.create("transforms", attacks="fgsm+bim", n=300)
+    (outcome, _), = execute(exp, [trained], fmnist_train, fmnist_test)
+    rates = outcome.tensors["destruction_rate"]  # (attacks, transforms, strengths)
+    assert rates.shape == (2, 7, 5) and bool(((rates >= 0) & (rates <= 1)).all())
+    fgsm, bim = rates.nanmean((1, 2))
+    assert fgsm < bim - 0.2, (fgsm, bim)
+    jpeg = outcome.metrics["destruction_rate"]["fgsm"]["jpeg_quality"]
+    assert jpeg[-1] > jpeg[0], jpeg  # quality 10 destroys more than quality 90
+    assert min(r for r in outcome.metrics["destruction_rate"]["bim"]["rotation_degrees"]) > 0
