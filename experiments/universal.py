@@ -63,6 +63,22 @@ def craft(model: nn.Module, x: torch.Tensor, threat: Threat, *, method: str = "d
     return v.detach(), rate
 
 
+EXAMPLES = 4  # test points kept with each artifact for the clean + perturbation = adversarial figure
+
+
+def _examples(model: nn.Module, x: torch.Tensor, v: torch.Tensor, x_pgd: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Clean, universal and PGD versions of a few points with the model's top label and confidence,
+    so the report draws them from the artifact instead of running the model again."""
+    out = {}
+    for name, imgs in (("clean", x), ("universal", (x + v).clamp(0, 1)), ("pgd", x_pgd)):
+        with torch.no_grad(), eval_mode(model):
+            p = torch.softmax(model(imgs), dim=1)
+        out[f"example_{name}"] = imgs
+        out[f"example_{name}_label"] = p.argmax(1)
+        out[f"example_{name}_confidence"] = p.amax(1)
+    return out
+
+
 def _project(v: torch.Tensor, threat: Threat) -> torch.Tensor:
     if threat.norm == "linf":
         return v.clamp(-threat.eps, threat.eps)
@@ -146,5 +162,6 @@ class Universal(Experiment):
                 "pgd_transfer": {b.name: float((predictions(b.model, pgd[a.name]) != preds[b.name]).float().mean())
                                  for b in models},
             }
-            outcomes.append(Outcome(a.name, metrics, {"perturbation": perts[a.name][0]}))
+            outcomes.append(Outcome(a.name, metrics, {"perturbation": perts[a.name][0],
+                                                      **_examples(a.model, x[:EXAMPLES], perts[a.name], pgd[a.name][:EXAMPLES])}))
         return outcomes

@@ -53,7 +53,7 @@ def execute(experiment: Experiment, models: Sequence[LoadedModel], train: Split,
     for o in outcomes:
         key = None
         if store is not None:
-            meta = {"model": o.model, "weights_sha256": shas.get(o.model), "config": experiment.config(),
+            meta = {"model": o.model, "dataset": test.dataset, "weights_sha256": shas.get(o.model), "config": experiment.config(),
                     "metrics": o.metrics, "seed": seed, "test_sha256": test.sha256(), "version": __version__}
             key = store.put_artifact(experiment.config()["experiment"], meta, o.tensors)
         out.append((o, key))

@@ -99,9 +99,11 @@ def run(profile: Profile, store: Store, *, data_dir: str | None = None, progress
 
 
 def write_reports(store: Store, out: Path, headline_eps: float = HEADLINE_EPS) -> list[Path]:
-    """The leaderboard from the store, and the training curves of every trained zoo model it ranks."""
-    from reports import leaderboard
+    """The leaderboard from the store, the training curves of every trained zoo model it ranks,
+    and the figures of every experiment whose artifacts the store holds."""
+    from reports import galleries, leaderboard
 
     ranked = set(leaderboard.frame(store).get("model", ()))
     cards = [zoo.load_card(name) for name in zoo.trained() if name in ranked]
-    return leaderboard.write_all(store, out, headline_eps=headline_eps, cards=cards)
+    written = leaderboard.write_all(store, out, headline_eps=headline_eps, cards=cards) if ranked else []
+    return written + galleries.write_all(store, out)

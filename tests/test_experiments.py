@@ -174,3 +174,27 @@ def test_destruction_rates_follow_kurakin(trained, fmnist_train, fmnist_test):
     jpeg = outcome.metrics["destruction_rate"]["fgsm"]["jpeg_quality"]
     assert jpeg[-1] > jpeg[0], jpeg  # quality 10 destroys more than quality 90
     assert min(r for r in outcome.metrics["destruction_rate"]["bim"]["rotation_degrees"]) > 0
+
+
+def test_galleries_render_from_stored_artifacts_only(trained, fmnist_train, fmnist_test, tmp_path, monkeypatch):
+    from reports import galleries
+
+    other = zoo_copy(trained, "smallcnn-twin")
+    with Store(tmp_path / "s.sqlite") as store:
+        assert galleries.write_all(store, tmp_path / "empty") == []
+        execute(EXPERIMENTS.create("universal", method="sgd", n_train=200, n_test=50, passes=1), [trained, other],
+                fmnist_train, fmnist_test, store=store)
+        execute(EXPERIMENTS.create("fooling", steps=20), [trained], fmnist_train, fmnist_test, store=store)
+        execute(EXPERIMENTS.create("transforms", attacks="fgsm", n=50), [trained], fmnist_train, fmnist_test, store=store)
+        # Drawing must not run a model: break every forward pass while the figures are made.
+        monkeypatch.setattr(torch.nn.Module, "__call__", lambda *a, **k: pytest.fail("a figure ran a model"))
+        written = galleries.write_all(store, tmp_path / "out")
+    assert [p.name for p in written] == ["universal_perturbations.png", "fooling_images.png", "adversarial_examples.png",
+                                         "transfer_matrix.png", "destruction_rate.png"]
+    assert all(p.stat().st_size > 10_000 and p.read_bytes()[:4] == b"\x89PNG" for p in written)
+
+
+def zoo_copy(lm, name):
+    from robustbench_lite import zoo
+
+    return zoo.LoadedModel(name, lm.model, lm.dataset, lm.weights_sha256[::-1])

@@ -1,0 +1,186 @@
+"""Figures of the experiments, drawn from stored artifacts only (never recomputed):
+universal perturbations, fooling images, clean + perturbation = adversarial, transfer
+heatmaps, and destruction rate against transformation strength."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from robustbench_lite.data import DATASETS
+from robustbench_lite.store import Store
+
+from .leaderboard import _atomic
+
+
+def _latest(store: Store, kind: str) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """The newest artifact of ``kind`` per model: {model: (meta, tensors)}."""
+    out: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+    for _, meta, tensors in store.artifacts(kind):
+        out[meta["model"]] = (meta, tensors)
+    return out
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _image(t: Any) -> np.ndarray:
+    a = t.detach().cpu().numpy()
+    return a[0] if a.shape[0] == 1 else np.transpose(a, (1, 2, 0))
+
+
+def _classes(meta: dict[str, Any], n: int) -> list[str]:
+    info = DATASETS.get(meta.get("dataset", ""))
+    return list(info.classes) if info is not None and len(info.classes) == n else [str(i) for i in range(n)]
+
+
+def universal_gallery(store: Store, path: Path) -> Path | None:
+    arts = _latest(store, "universal")
+    if not arts:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(arts), figsize=(2.9 * len(arts), 3.1), squeeze=False)
+    for ax, (model, (meta, t)) in zip(axes[0], arts.items()):
+        v = t["perturbation"]
+        xi = meta["metrics"]["xi"]
+        im = ax.imshow(_image(v) if v.shape[0] == 1 else _image(v).mean(2), cmap="RdBu_r", vmin=-xi, vmax=xi)
+        ax.set_title(f"{model}\nfools {meta['metrics']['fooling_rate']:.0%} (PGD {meta['metrics']['pgd_fooling_rate']:.0%})",
+                     fontsize=8)
+        ax.axis("off")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.suptitle(f"Universal perturbations, {meta['metrics']['norm']} xi = {xi} (held-out fooling rate)", fontsize=10)
+    fig.tight_layout()
+    _atomic(path, lambda p: fig.savefig(p, dpi=110))
+    plt.close(fig)
+    return path
+
+
+def fooling_gallery(store: Store, path: Path) -> Path | None:
+    arts = _latest(store, "fooling")
+    if not arts:
+        return None
+    plt = _plt()
+    n_cls = max(t["images"].shape[0] for _, t in arts.values())
+    fig, axes = plt.subplots(len(arts), n_cls, figsize=(1.45 * n_cls, 1.75 * len(arts)), squeeze=False)
+    for row, (model, (meta, t)) in zip(axes, arts.items()):
+        names = _classes(meta, t["images"].shape[0])
+        for c, ax in enumerate(row):
+            ax.axis("off")
+            if c < t["images"].shape[0]:
+                ax.imshow(_image(t["images"][c]), cmap="gray", vmin=0, vmax=1)
+                ax.set_title(f"{names[c]}\np={float(t['confidence'][c]):.3f}", fontsize=7)
+        row[0].text(-0.15, 0.5, f"{model}\n({meta['metrics']['method']})", transform=row[0].transAxes,
+                    ha="right", va="center", fontsize=7)
+    fig.suptitle("Fooling images: the label each model assigns, with its confidence", fontsize=10)
+    fig.tight_layout()
+    _atomic(path, lambda p: fig.savefig(p, dpi=110))
+    plt.close(fig)
+    return path
+
+
+def examples_figure(store: Store, path: Path, points: int = 1) -> Path | None:
+    """Per model and attack: clean, perturbation (signed, with colorbar) and adversarial image,
+    each with the model's top label and confidence."""
+    arts = {m: a for m, a in _latest(store, "universal").items() if "example_clean" in a[1]}
+    if not arts:
+        return None
+    plt = _plt()
+    rows = [(m, attack, i) for m in arts for attack in ("universal", "pgd") for i in range(points)]
+    fig, axes = plt.subplots(len(rows), 3, figsize=(6.6, 2.05 * len(rows)), squeeze=False)
+    for ax_row, (model, attack, i) in zip(axes, rows):
+        meta, t = arts[model]
+        names = _classes(meta, 10)
+        clean, adv = t["example_clean"][i], t[f"example_{attack}"][i]
+        delta = adv - clean
+        bound = max(float(delta.abs().max()), 1e-6)
+        for ax, img, title, kw in (
+            (ax_row[0], _image(clean), f"{names[int(t['example_clean_label'][i])]} "
+                                       f"{float(t['example_clean_confidence'][i]):.0%}", dict(cmap="gray", vmin=0, vmax=1)),
+            (ax_row[1], _image(delta) if delta.shape[0] == 1 else _image(delta).mean(2), f"+ {attack}",
+             dict(cmap="RdBu_r", vmin=-bound, vmax=bound)),
+            (ax_row[2], _image(adv), f"= {names[int(t[f'example_{attack}_label'][i])]} "
+                                     f"{float(t[f'example_{attack}_confidence'][i]):.0%}", dict(cmap="gray", vmin=0, vmax=1)),
+        ):
+            im = ax.imshow(img, **kw)
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+            if ax is ax_row[1]:
+                fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        ax_row[0].text(-0.1, 0.5, model, transform=ax_row[0].transAxes, ha="right", va="center", fontsize=7, rotation=90)
+    fig.suptitle("clean + perturbation = adversarial (top label and confidence)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    _atomic(path, lambda p: fig.savefig(p, dpi=110))
+    plt.close(fig)
+    return path
+
+
+def transfer_heatmaps(store: Store, path: Path) -> Path | None:
+    arts = _latest(store, "universal")
+    models = list(arts)
+    if len(models) < 2:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(4.2 * 2 + 1.5, 0.55 * len(models) + 2.6), squeeze=False)
+    for ax, key, title in zip(axes[0], ("universal_transfer", "pgd_transfer"),
+                              ("universal perturbation of A on B", "per-example PGD crafted on A, on B")):
+        m = np.array([[arts[a][0]["metrics"][key].get(b, np.nan) for b in models] for a in models])
+        im = ax.imshow(m, cmap="viridis", vmin=0, vmax=1)
+        ax.set_xticks(range(len(models)), models, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(models)), models, fontsize=7)
+        ax.set_xlabel("evaluated on B")
+        ax.set_ylabel("crafted on A")
+        for i in range(len(models)):
+            for j in range(len(models)):
+                if not math.isnan(m[i, j]):
+                    ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if m[i, j] < 0.6 else "black")
+        ax.set_title(f"Fooling rate: {title}", fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    _atomic(path, lambda p: fig.savefig(p, dpi=110))
+    plt.close(fig)
+    return path
+
+
+def destruction_plot(store: Store, path: Path) -> Path | None:
+    arts = _latest(store, "transforms")
+    if not arts:
+        return None
+    plt = _plt()
+    model, (meta, _) = next(iter(arts.items()))
+    strengths = meta["metrics"]["strengths"]
+    fig, axes = plt.subplots(1, len(strengths), figsize=(2.6 * len(strengths), 2.9), squeeze=False, sharey=True)
+    for ax, (tname, values) in zip(axes[0], strengths.items()):
+        for model, (meta, _) in arts.items():
+            for attack, table in meta["metrics"]["destruction_rate"].items():
+                rates = [np.nan if r is None else r for r in table[tname]]
+                ax.plot(range(len(values)), rates, marker="o", label=f"{attack} ({model})" if len(arts) > 1 else attack)
+        ax.set_xticks(range(len(values)), [f"{v:g}" for v in values], fontsize=7)
+        ax.set_xlabel(tname.replace("_", " "), fontsize=8)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("destruction rate")
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle("Share of adversarial examples a transformation turns back to the right label (Kurakin 2017); "
+                 "strength grows to the right", fontsize=9)
+    fig.tight_layout()
+    _atomic(path, lambda p: fig.savefig(p, dpi=110))
+    plt.close(fig)
+    return path
+
+
+def write_all(store: Store, out: Path) -> list[Path]:
+    """Every figure whose artifacts are in the store."""
+    out = Path(out)
+    figures = ((universal_gallery, "universal_perturbations.png"), (fooling_gallery, "fooling_images.png"),
+               (examples_figure, "adversarial_examples.png"), (transfer_heatmaps, "transfer_matrix.png"),
+               (destruction_plot, "destruction_rate.png"))
+    return [p for fn, name in figures if (p := fn(store, out / name)) is not None]
