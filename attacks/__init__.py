@@ -1,5 +1,5 @@
 """Attacks, one file each. Importing this package registers them in ``ATTACKS``."""
-from . import apgd, bim, deepfool, fgsm, foolbox_adapter, gradient_ascent, illc, lbfgs, pgd, square, transfer  # noqa: F401
+from . import apgd, bim, deepfool, fgsm, foolbox_adapter, gradient_ascent, illc, lbfgs, pgd, square, transfer, universal  # noqa: F401
 from .apgd import APGDCE, APGDDLR
 from .bim import BIM
 from .deepfool import DeepFool
@@ -11,5 +11,6 @@ from .lbfgs import LBFGS
 from .pgd import PGD
 from .square import Square
 from .transfer import Transfer
+from .universal import Universal
 
-__all__ = ["APGDCE", "APGDDLR", "BIM", "DeepFool", "FGSM", "FoolboxAttack", "GradientAscent", "ILLC", "LBFGS", "PGD", "Square", "Transfer"]
+__all__ = ["APGDCE", "APGDDLR", "BIM", "DeepFool", "FGSM", "FoolboxAttack", "GradientAscent", "ILLC", "LBFGS", "PGD", "Square", "Transfer", "Universal"]

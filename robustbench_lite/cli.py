@@ -275,7 +275,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         entry = reg.get(name)
         doc = (entry.obj.__doc__ or "").strip().splitlines()
         item = {"name": "fb:<FoolboxAttackName>" if name == "fb" and reg is ATTACKS else name,
-                "summary": doc[0] if doc else ""} | {k: v for k, v in entry.meta.items()}
+                "summary": doc[0] if doc else ""} | {k: v for k, v in entry.meta.items() if not callable(v)}
         if reg is MODELS:
             item["trained"] = [m for m in zoo.trained() if m.startswith(f"{name}-")]
         items.append(item)

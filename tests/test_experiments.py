@@ -198,3 +198,21 @@ def zoo_copy(lm, name):
     from robustbench_lite import zoo
 
     return zoo.LoadedModel(name, lm.model, lm.dataset, lm.weights_sha256[::-1])
+
+
+def test_a_stored_universal_perturbation_is_reusable_as_an_attack(trained, fmnist_train, fmnist_test, tmp_path):
+    from robustbench_lite.engine import evaluate
+
+    store_path = tmp_path / "s.sqlite"
+    with Store(store_path) as store:
+        (outcome, key), = execute(EXPERIMENTS.create("universal", method="sgd", n_train=500, n_test=300, passes=2),
+                                  [trained], fmnist_train, fmnist_test, store=store)
+    r = evaluate(trained, fmnist_test, [f"universal:artifact={key[:8]},store='{store_path}'"], [0.1], n=300, checks=None)[0]
+    # The engine scores exactly the stored perturbation (robust = clean-correct and still correct).
+    sub = fmnist_test.first(300)
+    x, y, v = sub.floats(), sub.labels, outcome.tensors["perturbation"]
+    expected = int(((predictions(trained.model, x) == y) & (predictions(trained.model, (x + v).clamp(0, 1)) == y)).sum()) / len(y)
+    assert r.robust_acc == pytest.approx(float(expected), abs=1e-9)
+    assert r.robust_acc <= outcome.metrics["acc_under_perturbation"] + 1e-9
+    with pytest.raises(ValueError, match="no stored universal perturbations match artifact 'ffff"):
+        evaluate(trained, fmnist_test, [f"universal:artifact=ffff,store='{store_path}'"], [0.1], n=10)
