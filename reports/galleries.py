@@ -42,6 +42,13 @@ def _classes(meta: dict[str, Any], n: int) -> list[str]:
     return list(info.classes) if info is not None and len(info.classes) == n else [str(i) for i in range(n)]
 
 
+def _save(fig: Any, path: Path, top: float = 1.0) -> Path:
+    fig.tight_layout(rect=(0, 0, 1, top))
+    _atomic(path, lambda p: fig.savefig(p, dpi=110))
+    _plt().close(fig)
+    return path
+
+
 def universal_gallery(store: Store, path: Path) -> Path | None:
     arts = _latest(store, "universal")
     if not arts:
@@ -57,10 +64,7 @@ def universal_gallery(store: Store, path: Path) -> Path | None:
         ax.axis("off")
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.suptitle(f"Universal perturbations, {meta['metrics']['norm']} xi = {xi} (held-out fooling rate)", fontsize=10)
-    fig.tight_layout()
-    _atomic(path, lambda p: fig.savefig(p, dpi=110))
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def fooling_gallery(store: Store, path: Path) -> Path | None:
@@ -80,10 +84,7 @@ def fooling_gallery(store: Store, path: Path) -> Path | None:
         row[0].text(-0.15, 0.5, f"{model}\n({meta['metrics']['method']})", transform=row[0].transAxes,
                     ha="right", va="center", fontsize=7)
     fig.suptitle("Fooling images: the label each model assigns, with its confidence", fontsize=10)
-    fig.tight_layout()
-    _atomic(path, lambda p: fig.savefig(p, dpi=110))
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def examples_figure(store: Store, path: Path, points: int = 1) -> Path | None:
@@ -116,10 +117,7 @@ def examples_figure(store: Store, path: Path, points: int = 1) -> Path | None:
                 fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
         ax_row[0].text(-0.1, 0.5, model, transform=ax_row[0].transAxes, ha="right", va="center", fontsize=7, rotation=90)
     fig.suptitle("clean + perturbation = adversarial (top label and confidence)", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
-    _atomic(path, lambda p: fig.savefig(p, dpi=110))
-    plt.close(fig)
-    return path
+    return _save(fig, path, top=0.97)
 
 
 def transfer_heatmaps(store: Store, path: Path) -> Path | None:
@@ -144,10 +142,7 @@ def transfer_heatmaps(store: Store, path: Path) -> Path | None:
                             color="white" if m[i, j] < 0.6 else "black")
         ax.set_title(f"Fooling rate: {title}", fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    fig.tight_layout()
-    _atomic(path, lambda p: fig.savefig(p, dpi=110))
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def destruction_plot(store: Store, path: Path) -> Path | None:
@@ -171,10 +166,7 @@ def destruction_plot(store: Store, path: Path) -> Path | None:
     axes[0, 0].legend(fontsize=7)
     fig.suptitle("Share of adversarial examples a transformation turns back to the right label (Kurakin 2017); "
                  "strength grows to the right", fontsize=9)
-    fig.tight_layout()
-    _atomic(path, lambda p: fig.savefig(p, dpi=110))
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def write_all(store: Store, out: Path) -> list[Path]:

@@ -68,7 +68,7 @@ def test_detector_separates_pgd_examples_from_clean_ones(fitted, trained, batch)
 
 
 def test_joint_surface_has_gradients_through_the_detector(fitted, trained, batch):
-    x, y = batch[0][:16].clone().requires_grad_(True), batch[1][:16]
+    x = batch[0][:16].clone().requires_grad_(True)
     g = Guarded(trained.model, trained.model, fitted, bpda=True)
     (grad,) = torch.autograd.grad(g.score(x)[1].sum(), x)
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
