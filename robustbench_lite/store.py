@@ -97,10 +97,10 @@ class Store:
         return key
 
     def artifacts(self, kind: str | None = None) -> list[tuple[str, dict[str, Any], dict[str, "torch.Tensor"]]]:
-        """(key, meta, tensors) of every stored artifact of ``kind`` (all kinds if None), oldest first."""
+        """(key, meta, tensors) of every stored artifact of ``kind`` (all kinds if None), in insertion order."""
         from safetensors.torch import load
 
-        sql = "SELECT key, meta, tensors FROM artifacts" + (" WHERE kind = ?" if kind else "") + " ORDER BY created, key"
+        sql = "SELECT key, meta, tensors FROM artifacts" + (" WHERE kind = ?" if kind else "") + " ORDER BY rowid"
         rows = self._db.execute(sql, (kind,) if kind else ()).fetchall()
         return [(k, json.loads(m), load(b)) for k, m, b in rows]
 
