@@ -26,13 +26,18 @@ DIRECTIONS = ("sign", "gradient")
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Run in eval mode and restore the caller's mode, so batch-norm statistics never move."""
-    was_training = model.training
+    """Run in eval mode and restore the caller's mode, so batch-norm statistics never move.
+
+    Every submodule gets its own mode back: restoring with ``model.train(was)`` would push a
+    fresh wrapper's default (training) down onto the eval-mode model it wraps.
+    """
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         yield
     finally:
-        model.train(was_training)
+        for m, training in modes:
+            m.training = training
 
 
 def check_batch(x: torch.Tensor, y: torch.Tensor, bounds: tuple[float, float] = (0.0, 1.0)) -> None:

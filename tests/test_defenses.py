@@ -152,3 +152,11 @@ def test_a_cascade_whose_first_attack_fools_everything_is_fine_behind_a_defense(
     # The second attack has no point left to attack; the judge must not see an empty batch.
     r = evaluate(trained, fmnist_test, ["pgd:steps=20,step_size=0.1", "fgsm"], [1.0], n=30, defense=["jpeg"])[0]
     assert r.robust_acc == 0.0 and r.clean_acc > 0.5
+
+
+def test_a_defended_evaluation_leaves_the_model_in_eval_mode(trained, fmnist_test):
+    # The engine wraps the model in fresh modules (training=True by default); restoring their
+    # mode must not push training mode down onto the wrapped model.
+    assert not trained.model.training
+    evaluate(trained, fmnist_test, ["fgsm"], [0.1], n=20, defense=["gaussian_noise"], eot=2, votes=2)
+    assert not any(m.training for m in trained.model.modules())
