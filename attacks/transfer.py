@@ -23,18 +23,16 @@ if TYPE_CHECKING:
 def _surrogate(source: str) -> "LoadedModel":
     from robustbench_lite import zoo
 
-    path = Path(source) if source.endswith((".safetensors", ".pt")) or Path(source).is_dir() else None
-    weights = zoo.checkpoint_dir(source) if path is None else path
+    weights = Path(source) if zoo.is_path(source) else zoo.checkpoint_dir(source)
     # Keyed on the file's mtime too, so a retrained surrogate is never served stale.
-    stamp = weights.stat().st_mtime_ns if weights.exists() else 0
-    return _load(source, path is not None, stamp)
+    return _load(source, weights.stat().st_mtime_ns if weights.exists() else 0)
 
 
 @functools.lru_cache(maxsize=8)
-def _load(source: str, is_path: bool, stamp: int) -> "LoadedModel":
+def _load(source: str, stamp: int) -> "LoadedModel":
     from robustbench_lite import zoo
 
-    return zoo.load_checkpoint(source) if is_path else zoo.load(source)
+    return zoo.load_any(source)
 
 
 @ATTACKS.register("transfer", example={"surrogate": "smallcnn-fmnist-standard", "attack": "pgd:steps=10"})

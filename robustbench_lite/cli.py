@@ -229,8 +229,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     from .registry import EXPERIMENTS
 
     experiment = specs.create(EXPERIMENTS, args.spec)  # a bad spec fails before any loading
-    models = [zoo.load_checkpoint(m) if m.endswith((".safetensors", ".pt")) or Path(m).is_dir() else zoo.load(m)
-              for m in args.models]
+    models = [zoo.load_any(m) for m in args.models]
     dataset = models[0].dataset
     train = data.load(dataset, "train", data_dir=args.data_dir)
     test = data.load(dataset, "test", data_dir=args.data_dir)

@@ -77,6 +77,16 @@ def load(name: str) -> LoadedModel:
     return load_checkpoint(d / WEIGHTS)
 
 
+def is_path(source: str) -> bool:
+    """Whether ``source`` names a checkpoint on disk rather than a zoo model."""
+    return source.endswith((".safetensors", ".pt")) or Path(source).is_dir()
+
+
+def load_any(source: str) -> LoadedModel:
+    """A zoo name (``smallcnn-fmnist-standard``) or a checkpoint path with its card."""
+    return load_checkpoint(source) if is_path(source) else load(source)
+
+
 def load_checkpoint(path: str | Path, arch: str | None = None, dataset: str | None = None) -> LoadedModel:
     """Load a user's checkpoint: a zoo folder, a ``.safetensors`` with its card, or a plain
     state dict (``.pt``/``.safetensors``) with ``arch`` and ``dataset`` given."""
