@@ -83,7 +83,7 @@ class Fooling(Experiment):
     Args:
         method: ``gradient`` (default) or ``evolution``.
         threshold: the confidence to reach (default 0.99, as in the paper).
-        steps: gradient steps of ``lr`` (default 200 steps of 0.01).
+        steps: gradient steps of ``lr`` at most (default 1000 of 0.01; a class stops once it is reached).
         generations: evolution generations (default 300) of ``population`` (default 50) queries.
         sigma: the evolution's search radius in logit space (default 0.5).
 
@@ -93,7 +93,7 @@ class Fooling(Experiment):
 
     method: str = "gradient"
     threshold: float = 0.99
-    steps: int = 200
+    steps: int = 1000
     lr: float = 0.01
     generations: int = 300
     population: int = 50
