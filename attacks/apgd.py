@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustbench_lite.attack import Attack, _direction, check_int, scores
+from robustbench_lite.attack import Attack, _direction, check_int, check_interval, scores
 from robustbench_lite.registry import ATTACKS
 from robustbench_lite.threat import Threat
 
@@ -61,8 +61,7 @@ class _APGD(Attack):
         check_int(name, "steps", self.steps, 1)
         check_int(name, "restarts", self.restarts, 1)
         check_int(name, "targets", self.targets, 0, 9)
-        if isinstance(self.rho, bool) or not isinstance(self.rho, (int, float)) or not 0 < self.rho <= 1:
-            raise ValueError(f"{name}: rho must be a number in (0, 1], got {self.rho!r}")
+        check_interval(name, "rho", self.rho, 0, 1, "(]")
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat,
             generator: torch.Generator | None) -> torch.Tensor:

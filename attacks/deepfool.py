@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from robustbench_lite.attack import Attack, check_int, scores
+from robustbench_lite.attack import Attack, check_int, check_interval, scores
 from robustbench_lite.registry import ATTACKS
 from robustbench_lite.threat import Threat
 
@@ -87,8 +87,7 @@ class DeepFool(Attack):
     def __post_init__(self) -> None:
         check_int("deepfool", "steps", self.steps, 1)
         check_int("deepfool", "candidates", self.candidates, 2)
-        if isinstance(self.overshoot, bool) or not isinstance(self.overshoot, (int, float)) or not 0 <= self.overshoot <= 1:
-            raise ValueError(f"deepfool: overshoot must be a number in [0, 1], got {self.overshoot!r}")
+        check_interval("deepfool", "overshoot", self.overshoot, 0, 1, "[]")
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat,
             generator: torch.Generator | None) -> torch.Tensor:

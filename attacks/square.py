@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from robustbench_lite.attack import Attack, check_int, scores
+from robustbench_lite.attack import Attack, check_int, check_interval, scores
 from robustbench_lite.registry import ATTACKS
 from robustbench_lite.threat import Threat
 
@@ -58,8 +58,7 @@ class Square(Attack):
     def __post_init__(self) -> None:
         check_int("square", "queries", self.queries, 1)
         check_int("square", "restarts", self.restarts, 1)
-        if isinstance(self.p_init, bool) or not isinstance(self.p_init, (int, float)) or not 0 < self.p_init <= 1:
-            raise ValueError(f"square: p_init must be a number in (0, 1], got {self.p_init!r}")
+        check_interval("square", "p_init", self.p_init, 0, 1, "(]")
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat,
             generator: torch.Generator | None) -> torch.Tensor:

@@ -2,11 +2,11 @@
 Smoothing", Cohen, Rosenfeld and Kolter, 2019, arXiv:1902.02918, used here as a preprocessor."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
+from robustbench_lite.attack import check_interval
 from robustbench_lite.defense import Defense
 from robustbench_lite.registry import DEFENSES
 
@@ -29,9 +29,7 @@ class GaussianNoise(Defense):
     sigma: float = 0.12
 
     def __post_init__(self) -> None:
-        if isinstance(self.sigma, bool) or not isinstance(self.sigma, (int, float)) or not (
-                math.isfinite(self.sigma) and 0 < self.sigma <= 1):
-            raise ValueError(f"gaussian_noise: sigma must be a number in (0, 1], got {self.sigma!r}")
+        check_interval("gaussian_noise", "sigma", self.sigma, 0, 1, "(]")
 
     def transform(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from robustbench_lite.attack import check_interval
 from robustbench_lite.defense import Defense
 from robustbench_lite.registry import DEFENSES
 
@@ -33,8 +34,7 @@ class RandomResizePad(Defense):
     min_scale: float = 0.9
 
     def __post_init__(self) -> None:
-        if isinstance(self.min_scale, bool) or not isinstance(self.min_scale, (int, float)) or not 0 < self.min_scale < 1:
-            raise ValueError(f"random_resize_pad: min_scale must be a number in (0, 1), got {self.min_scale!r}")
+        check_interval("random_resize_pad", "min_scale", self.min_scale, 0, 1, "()")
 
     def transform(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         h, w = x.shape[-2:]

@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from robustbench_lite.attack import check_choice, check_int, check_positive, eval_mode
+from robustbench_lite.attack import check_choice, check_int, check_interval, check_positive, eval_mode
 from robustbench_lite.data import Split
 from robustbench_lite.experiment import Experiment, Outcome
 from robustbench_lite.registry import EXPERIMENTS
@@ -101,8 +101,7 @@ class Fooling(Experiment):
 
     def __post_init__(self) -> None:
         check_choice("fooling", "method", self.method, ("gradient", "evolution"))
-        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or not 0 < self.threshold < 1:
-            raise ValueError(f"fooling: threshold must be a number in (0, 1), got {self.threshold!r}")
+        check_interval("fooling", "threshold", self.threshold, 0, 1, "()")
         check_int("fooling", "steps", self.steps, 1)
         check_int("fooling", "generations", self.generations, 1)
         check_int("fooling", "population", self.population, 2)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attacks.deepfool import deepfool
-from robustbench_lite.attack import _direction, check_choice, check_int, check_positive, eval_mode
+from robustbench_lite.attack import _direction, check_choice, check_int, check_interval, check_positive, eval_mode
 from robustbench_lite.data import Split
 from robustbench_lite.experiment import Experiment, Outcome, predictions
 from robustbench_lite.registry import ATTACKS, EXPERIMENTS
@@ -125,8 +125,7 @@ class Universal(Experiment):
         check_positive("universal", "xi", self.xi)
         Threat(self.norm, self.xi)
         check_choice("universal", "method", self.method, ("deepfool", "sgd"))
-        if isinstance(self.delta, bool) or not isinstance(self.delta, (int, float)) or not 0 <= self.delta < 1:
-            raise ValueError(f"universal: delta must be a number in [0, 1), got {self.delta!r}")
+        check_interval("universal", "delta", self.delta, 0, 1, "[)")
         check_int("universal", "passes", self.passes, 1)
         check_int("universal", "n_train", self.n_train, 1)
         check_int("universal", "n_test", self.n_test, 1)

@@ -205,6 +205,16 @@ def check_choice(name: str, field: str, value: str, allowed: tuple[str, ...]) ->
         raise ValueError(f"{name}: {field} must be one of {', '.join(allowed)}, got {value!r}")
 
 
+def check_interval(name: str, field: str, value: float, lo: float, hi: float, interval: str = "(]") -> None:
+    """Raise unless ``value`` is a real number in the interval from ``lo`` to ``hi``; ``interval``
+    gives its brackets: ``"(]"`` (default), ``"()"``, ``"[)"`` or ``"[]"``."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if ok:
+        ok = (lo < value if interval[0] == "(" else lo <= value) and (value < hi if interval[1] == ")" else value <= hi)
+    if not ok:
+        raise ValueError(f"{name}: {field} must be a number in {interval[0]}{lo:g}, {hi:g}{interval[1]}, got {value!r}")
+
+
 def check_positive(name: str, field: str, value: float | None) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                               or not math.isfinite(value) or value <= 0):

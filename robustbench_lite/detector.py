@@ -44,11 +44,10 @@ class Detector(ABC):
     calibration: int = 2000
 
     def __post_init__(self) -> None:
-        from .attack import check_int
+        from .attack import check_int, check_interval
 
         name = DEFENSES.name_of(type(self))
-        if isinstance(self.fpr, bool) or not isinstance(self.fpr, (int, float)) or not 0 < self.fpr < 1:
-            raise ValueError(f"{name}: fpr must be a number in (0, 1), got {self.fpr!r}")
+        check_interval(name, "fpr", self.fpr, 0, 1, "()")
         check_int(name, "calibration", self.calibration, 100)
 
     def fit(self, classifier: nn.Module, base: nn.Module, x: torch.Tensor, y: torch.Tensor,

@@ -216,3 +216,16 @@ def test_a_stored_universal_perturbation_is_reusable_as_an_attack(trained, fmnis
     assert r.robust_acc <= outcome.metrics["acc_under_perturbation"] + 1e-9
     with pytest.raises(ValueError, match="no stored universal perturbations match artifact 'ffff"):
         evaluate(trained, fmnist_test, [f"universal:artifact=ffff,store='{store_path}'"], [0.1], n=10)
+
+
+@pytest.mark.parametrize("name,kw,match", [
+    ("deepfool", dict(overshoot=2), r"deepfool: overshoot must be a number in \[0, 1\], got 2"),
+    ("deepfool", dict(candidates=1), "deepfool: candidates must be an integer >= 2, got 1"),
+    ("square", dict(p_init=float("nan")), r"square: p_init must be a number in \(0, 1\], got nan"),
+    ("lbfgs", dict(c_init=0), "lbfgs: c_init must be a finite number > 0, got 0"),
+])
+def test_bad_minimal_perturbation_arguments(name, kw, match):
+    from robustbench_lite.registry import ATTACKS
+
+    with pytest.raises(ValueError, match=match):
+        ATTACKS.create(name, **kw)
