@@ -5,6 +5,7 @@ arXiv:1511.04599; cross-checked against foolbox's DeepFool and C&W-L2 (Carlini a
 from __future__ import annotations
 
 from dataclasses import dataclass
+import math
 from typing import Sequence
 
 import torch
@@ -15,6 +16,7 @@ from robustbench_lite.attack import check_choice, check_int, eval_mode
 from robustbench_lite.data import Split
 from robustbench_lite.experiment import Experiment, Outcome, predictions
 from robustbench_lite.registry import EXPERIMENTS
+from robustbench_lite.threat import Threat
 from robustbench_lite.zoo import LoadedModel
 
 METHODS = ("deepfool", "lbfgs", "fb_deepfool", "fb_cw")
@@ -81,8 +83,7 @@ class MinNorm(Experiment):
                         x_adv, _ = _foolbox(method, lm.model, x, y, self.norm)
                     # Success is re-judged here, not taken from the attack.
                     fooled = predictions(lm.model, x_adv) != y
-                    d = (x_adv - x).flatten(1)
-                    dist = d.norm(dim=1) if self.norm == "l2" else d.abs().amax(1)
+                    dist = Threat(self.norm, math.inf).distance(x_adv, x)
                     dist = torch.where(fooled, dist, torch.full_like(dist, float("inf")))
                     q = torch.quantile(dist[fooled], torch.tensor([0.1, 0.5, 0.9])).tolist() if bool(fooled.any()) else [None] * 3
                     metrics[method] = {"success": float(fooled.float().mean()), "median": q[1], "p10": q[0], "p90": q[2]}

@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import __version__, specs
-from .attack import Attack, check_int, eval_mode
+from .attack import Attack, check_int, eval_mode, without_early_stop
 from .checks import CheckConfig, Probe, Verdict
 from .checks import run as run_checks
 from .data import Split
@@ -252,10 +252,7 @@ def evaluate(
         raise ValueError(f"model {lm.name} was built for {lm.dataset} but the data is {data.dataset}")
     pre, detector = _split(defenses)
     if any(d.stochastic for d in pre) and mode == "adaptive":
-        # Stopping a point at the first flip of a random prediction leaves it on the boundary,
-        # where the vote flips it back: against randomness every step is taken.
-        attack_objs = [dataclasses.replace(a, early_stop=False) if getattr(a, "early_stop", False) else a
-                       for a in attack_objs]
+        attack_objs = [without_early_stop(a) for a in attack_objs]
     attack_names = tuple(a if isinstance(a, str) else a.config()["attack"] for a in attacks)
     base = {"model": lm.name, "weights_sha256": lm.weights_sha256, "dataset": data.dataset, "defense": [],
             "attacks": [a.config() for a in attack_objs], "norm": norm, "n": len(subset),

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attack import eval_mode
+from ..attack import eval_mode, without_early_stop
 from ..threat import Threat
 
 
@@ -101,6 +101,12 @@ class Probe:
     accuracies: dict[float, float] = field(default_factory=dict)
 
     @functools.cached_property
+    def outputs(self) -> torch.Tensor:
+        """One forward pass of the deployed model on the probe's points."""
+        with torch.no_grad(), eval_mode(self.deployed):
+            return self.deployed(self.x)
+
+    @functools.cached_property
     def clean_scores(self) -> torch.Tensor:
         return self.judge(self.x)
 
@@ -124,8 +130,7 @@ class Probe:
         from .. import specs
 
         a = specs.attack(spec)
-        if self.declared_stochastic and getattr(a, "early_stop", False):
-            a = dataclasses.replace(a, early_stop=False)  # as the engine does against randomness
+        a = without_early_stop(a) if self.declared_stochastic else a  # as the engine does
         return self.robust(a(model or self.surface, self.x, self.y, threat or self.threat, generator=self.generator), threat)
 
     @functools.cached_property
@@ -265,7 +270,7 @@ def finite_differences(probe: Probe) -> Verdict:
 
 def stochastic_outputs(probe: Probe) -> Verdict:
     with torch.no_grad(), eval_mode(probe.deployed):
-        a, b = probe.deployed(probe.x), probe.deployed(probe.x)
+        a, b = probe.outputs, probe.deployed(probe.x)
     value = probe.rate((a - b).abs().amax(1) > 1e-5 * (1 + a.abs().amax(1)))
     if value == 0:
         return Verdict("stochastic_outputs", True, 0.0, 0.0, "repeated forward passes agree")
@@ -279,8 +284,7 @@ def stochastic_outputs(probe: Probe) -> Verdict:
 
 def logits_not_probabilities(probe: Probe) -> Verdict:
     threshold = 0.5
-    with torch.no_grad(), eval_mode(probe.deployed):
-        out = probe.deployed(probe.x)
+    out = probe.outputs
     probs = (out >= 0).all(1) & ((out.sum(1) - 1).abs() < 1e-4)
     value = probe.rate(probs)
     return Verdict("logits_not_probabilities", value <= threshold, value, threshold,
