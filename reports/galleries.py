@@ -1,6 +1,7 @@
 """Figures of the experiments, drawn from stored artifacts only (never recomputed):
 universal perturbations, fooling images, clean + perturbation = adversarial, transfer
-heatmaps, and destruction rate against transformation strength."""
+heatmaps, destruction rate against transformation strength, and the generative models'
+reconstructions, samples and latent interpolations."""
 from __future__ import annotations
 
 import math
@@ -174,5 +175,37 @@ def write_all(store: Store, out: Path) -> list[Path]:
     out = Path(out)
     figures = ((universal_gallery, "universal_perturbations.png"), (fooling_gallery, "fooling_images.png"),
                (examples_figure, "adversarial_examples.png"), (transfer_heatmaps, "transfer_matrix.png"),
-               (destruction_plot, "destruction_rate.png"))
+               (destruction_plot, "destruction_rate.png"), (generative_gallery, "generative_models.png"))
     return [p for fn, name in figures if (p := fn(store, out / name)) is not None]
+
+
+def generative_gallery(store: Store, path: Path) -> Path | None:
+    """Per generative model: test images over their reconstructions, samples, and a latent
+    interpolation, with the card's headline metric in the title."""
+    arts = _latest(store, "generative")
+    if not arts:
+        return None
+    plt = _plt()
+    rows: list[tuple[str, Any]] = []
+    for model, (meta, t) in arts.items():
+        m = meta["metrics"]
+        figures = [f"{k.removeprefix('test_')} {m[k]:.4g}" for k in ("test_elbo", "test_mse") if k in m]
+        if "classifier_acc_on_reconstructions" in m:
+            figures.append(f"classifier acc. on reconstructions {m['classifier_acc_on_reconstructions']:.1%} "
+                           f"(clean {m['classifier_clean_acc']:.1%})")
+        if "classifier_confidence_on_samples" in m:
+            figures.append(f"classifier confidence on samples {m['classifier_confidence_on_samples']:.2f}")
+        head = f"{model}: " + ", ".join(figures)
+        shown = [(what, t[key]) for key, what in (("originals", "test images"), ("reconstructions", "reconstructions"),
+                                                  ("samples", "samples"), ("interpolation", "latent interpolation"))
+                 if key in t]
+        rows += [(f"{head}\n{what}" if i == 0 else what, imgs) for i, (what, imgs) in enumerate(shown)]
+    cols = max(len(v) for _, v in rows)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.0 * cols, 1.25 * len(rows)), squeeze=False)
+    for ax_row, (title, imgs) in zip(axes, rows):
+        for c, ax in enumerate(ax_row):
+            ax.axis("off")
+            if c < len(imgs):
+                ax.imshow(_image(imgs[c]), cmap="gray", vmin=0, vmax=1)
+        ax_row[0].set_title(title, fontsize=7, loc="left", pad=2)
+    return _save(fig, path)

@@ -74,6 +74,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-resume", action="store_true", help="start afresh even if the folder holds a resume.pt")
     t.add_argument("--data-dir")
 
+    g = sub.add_parser("train-generative", help="train a generative model (ae, dae, vae, gan) for purifiers and generator attacks")
+    g.add_argument("--model", required=True, metavar="SPEC", help="kind[:key=value,...], e.g. vae:latent=16 or gan:loss=wgan-gp "
+                                                                 "(rbl list generative)")
+    g.add_argument("--dataset", default="fmnist")
+    g.add_argument("--epochs", type=_positive_int, help="default: the model's own")
+    g.add_argument("--lr", type=float, help="default: the model's own")
+    g.add_argument("--batch-size", type=_positive_int, default=128)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--train-subset", type=_positive_int, help="train on the first N training images")
+    g.add_argument("--classifier", default="auto",
+                   help="zoo model that judges reconstructions and samples (default: smallcnn-<dataset>-standard if trained; "
+                        "'none' skips)")
+    g.add_argument("--out", type=Path, help="checkpoint folder (default: the cache entry <kind>-<dataset>)")
+    common(g)
+
     e = sub.add_parser("eval", help="evaluate a model under attacks at one or more eps")
     src = e.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="zoo name <arch>-<dataset>-<recipe>")
@@ -91,8 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--defense", action="append", default=[], metavar="SPEC",
                    help="defense name[:key=value,...] in front of the model, repeatable (applied in order); "
                         "a detector (feature_squeeze, safetynet) goes last and its rejections count as caught")
-    e.add_argument("--mode", default="both", choices=["both", "adaptive", "oblivious"],
-                   help="how a defended model is attacked (default both: adaptive BPDA/EOT and oblivious)")
+    e.add_argument("--mode", default="both", choices=["both", "all", "adaptive", "bpda", "oblivious"],
+                   help="how a defended model is attacked: adaptive (full gradients where the defense is "
+                        "differentiable, BPDA elsewhere, EOT over randomness), bpda (identity backward through every "
+                        "defense, EOT), oblivious (the bare model); both = adaptive and oblivious (default), all = the three")
     e.add_argument("--eot", type=_positive_int, default=20, help="EOT draws per gradient on a random defense (default 20)")
     e.add_argument("--votes", type=_positive_int, default=10, help="passes voting on a random defense's label (default 10)")
     e.add_argument("--strict", action="store_true",
@@ -119,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--store", type=Path)
 
     ls = sub.add_parser("list", help="list registered models, attacks, defenses or recipes")
-    ls.add_argument("what", choices=["models", "attacks", "defenses", "recipes", "experiments"])
+    ls.add_argument("what", choices=["models", "attacks", "defenses", "recipes", "experiments", "generative"])
     ls.add_argument("--json", action="store_true")
     return p
 
@@ -174,7 +191,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     checks = None if args.no_checks else CheckConfig(n=args.checks_n)
     attacks = [specs.attack(a) for a in specs.expand(args.attack)]  # bad specs fail before any loading
     defenses = chain(args.defense)
-    modes = ["adaptive", "oblivious"] if args.mode == "both" else [args.mode]
+    modes = {"both": ["adaptive", "oblivious"], "all": ["adaptive", "bpda", "oblivious"]}.get(args.mode, [args.mode])
     if args.model:
         if args.arch or args.dataset:
             raise ValueError("--arch and --dataset only apply to --checkpoint; a zoo name already fixes them")
@@ -223,6 +240,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_generative(args: argparse.Namespace) -> int:
+    from . import generative, specs
+    from .registry import GENERATIVE
+
+    kind, hp = specs.parse(args.model)
+    GENERATIVE.get(kind)
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        raise ValueError(f"--lr must be a finite number > 0, got {args.lr!r}")
+    with _store(args.store) as store:
+        lg = generative.train(kind, args.dataset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                              seed=args.seed, train_subset=args.train_subset,
+                              classifier=None if args.classifier == "none" else args.classifier, out=args.out,
+                              data_dir=args.data_dir, progress=sys.stderr.isatty(), store=store, **hp)
+    shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in lg.card.metrics.items()
+                      if not isinstance(v, list))
+    print(f"{lg.name}: {shown} after {lg.card.train_seconds:.0f}s (weights sha256 {lg.weights_sha256[:16]}...)")
+    return 0
+
+
 def cmd_experiment(args: argparse.Namespace) -> int:
     from . import data, specs, zoo
     from .experiment import execute
@@ -265,10 +301,10 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from . import specs, zoo
-    from .registry import ATTACKS, DEFENSES, EXPERIMENTS, MODELS, RECIPES
+    from .registry import ATTACKS, DEFENSES, EXPERIMENTS, GENERATIVE, MODELS, RECIPES
 
     reg = {"models": MODELS, "attacks": ATTACKS, "defenses": DEFENSES, "recipes": RECIPES,
-           "experiments": EXPERIMENTS}[args.what]
+           "experiments": EXPERIMENTS, "generative": GENERATIVE}[args.what]
     items = []
     for name in reg.names():
         entry = reg.get(name)
@@ -295,15 +331,16 @@ def cmd_list(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     from .data import DatasetNotFoundError
     from .engine import AttackBudgetError
+    from .generative import GenerativeNotTrainedError
     from .zoo import CheckpointError, ModelNotTrainedError
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    handlers = {"run": cmd_run, "train": cmd_train, "eval": cmd_eval, "experiment": cmd_experiment,
+    handlers = {"run": cmd_run, "train": cmd_train, "train-generative": cmd_train_generative, "eval": cmd_eval, "experiment": cmd_experiment,
                 "leaderboard": cmd_leaderboard, "list": cmd_list}
     try:
         return handlers[args.cmd](args)
-    except (ValueError, TypeError, DatasetNotFoundError, CheckpointError, ModelNotTrainedError,
+    except (ValueError, TypeError, DatasetNotFoundError, CheckpointError, ModelNotTrainedError, GenerativeNotTrainedError,
             AttackBudgetError, FileNotFoundError) as exc:
         print(f"rbl: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -51,17 +51,30 @@ class Defense(ABC):
         return name + (":" + ",".join(f"{k}={v}" for k, v in cfg.items()) if cfg else "")
 
 
-def chain(defenses: Sequence["str | Defense | Detector"]) -> "tuple[Defense | Detector, ...]":
-    """Instantiate defense specs (``jpeg:quality=75``, ``feature_squeeze``) in order."""
+@dataclass(frozen=True, kw_only=True)
+class Composite(ABC):
+    """A defense made of several registered parts (MagNet: a reformer and a detector), which
+    :func:`chain` expands in place; the engine only ever sees the parts."""
+
+    @abstractmethod
+    def parts(self) -> "tuple[Defense | Detector, ...]":
+        """The parts, in the order they are applied."""
+
+
+def chain(defenses: Sequence["str | Defense | Detector | Composite"]) -> "tuple[Defense | Detector, ...]":
+    """Instantiate defense specs (``jpeg:quality=75``, ``feature_squeeze``) in order; a
+    composite (``magnet``) becomes its parts."""
     from . import specs
     from .detector import Detector
 
-    out = []
+    out: list[Defense | Detector] = []
     for d in defenses:
-        obj = d if isinstance(d, (Defense, Detector)) else specs.create(DEFENSES, d)
-        if not isinstance(obj, (Defense, Detector)):
-            raise TypeError(f"defense {d!r} is a {type(obj).__name__}, not a Defense or Detector")
-        out.append(obj)
+        obj = d if isinstance(d, (Defense, Detector, Composite)) else specs.create(DEFENSES, d)
+        items = obj.parts() if isinstance(obj, Composite) else (obj,)
+        for item in items:
+            if not isinstance(item, (Defense, Detector)):
+                raise TypeError(f"defense {d!r} is a {type(item).__name__}, not a Defense or Detector")
+            out.append(item)
     return tuple(out)
 
 
@@ -85,11 +98,13 @@ class Defended(nn.Module):
     for its approximation; ``eot`` additionally averages over draws of the randomness.
     """
 
-    def __init__(self, model: nn.Module, defenses: Sequence[Defense], seed: int = 0, *, bpda: bool = False, eot: int = 1):
+    def __init__(self, model: nn.Module, defenses: Sequence[Defense], seed: int = 0, *, bpda: bool = False, eot: int = 1,
+                 bpda_all: bool = False):
         super().__init__()
         self.model = model
         self.defenses = tuple(defenses)
-        self.bpda = bpda
+        self.bpda = bpda or bpda_all
+        self.bpda_all = bpda_all
         self.eot = eot
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -103,7 +118,7 @@ class Defended(nn.Module):
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         for d in self.defenses:
-            if d.differentiable:
+            if d.differentiable and not self.bpda_all:
                 x = d.transform(x, self.generator)
             elif self.bpda:
                 with torch.no_grad():
@@ -124,9 +139,10 @@ class Defended(nn.Module):
         logp = torch.log_softmax(self.model(self.preprocess(x.repeat(self.eot, *([1] * (x.ndim - 1))))), dim=1)
         return torch.logsumexp(logp.view(self.eot, n, -1), dim=0) - torch.log(torch.tensor(float(self.eot)))
 
-    def surface(self, eot: int) -> "Defended":
-        """The adaptive attack's view: BPDA through non-differentiable steps, EOT over random ones."""
-        view = Defended(self.model, self.defenses, bpda=True, eot=eot if self.stochastic else 1)
+    def surface(self, eot: int, bpda_all: bool = False) -> "Defended":
+        """The adaptive attack's view: BPDA through non-differentiable steps (through every step
+        with ``bpda_all``), EOT over random ones."""
+        view = Defended(self.model, self.defenses, bpda=True, eot=eot if self.stochastic else 1, bpda_all=bpda_all)
         view.generator = self.generator
         return view
 

@@ -35,7 +35,8 @@ from .threat import Threat
 from .zoo import LoadedModel
 
 
-MODES = ("adaptive", "oblivious")
+MODES = ("adaptive", "bpda", "oblivious")
+ADAPTIVE_MODES = ("adaptive", "bpda")  # the defense is in the attack's loop
 
 
 class AttackBudgetError(RuntimeError):
@@ -66,7 +67,7 @@ class EvalResult:
     data_sha256: str
     weights_sha256: str
     versions: dict[str, str] = field(default_factory=dict)
-    mode: str = "none"  # how a defense was attacked: none (no defense), adaptive or oblivious
+    mode: str = "none"  # how a defense was attacked: none (no defense), adaptive, bpda or oblivious
     checks: tuple[Verdict, ...] = ()  # gradient-masking verdicts; empty when none were run
     # With a detector: the share of the n points whose final adversarial input it rejected,
     # the share of clean points it rejected (its false-positive rate on this subset), and the
@@ -218,7 +219,9 @@ def evaluate(
             as robust ("caught"), its rejections of clean inputs as errors.
         mode: how a defended model is attacked. ``adaptive`` (default): white-box through the
             defense, with BPDA for steps declared non-differentiable and EOT over ``eot`` draws
-            for random ones. ``oblivious``: the attack sees the bare model and its examples are
+            for random ones. ``bpda``: the identity in the backward pass of every defense, even
+            a differentiable one (a purifier's own gradients can vanish or mislead; Athalye
+            2018), with EOT as above. ``oblivious``: the attack sees the bare model and its examples are
             then judged on the defended one (the number papers reported before Athalye 2018).
         eot: draws of the randomness averaged per gradient for a random defense (> 0).
         votes: passes whose majority label is the prediction of a random defense (> 0).
@@ -251,7 +254,7 @@ def evaluate(
     if lm.dataset != data.dataset:
         raise ValueError(f"model {lm.name} was built for {lm.dataset} but the data is {data.dataset}")
     pre, detector = _split(defenses)
-    if any(d.stochastic for d in pre) and mode == "adaptive":
+    if any(d.stochastic for d in pre) and mode in ADAPTIVE_MODES:
         attack_objs = [without_early_stop(a) for a in attack_objs]
     attack_names = tuple(a if isinstance(a, str) else a.config()["attack"] for a in attacks)
     base = {"model": lm.name, "weights_sha256": lm.weights_sha256, "dataset": data.dataset, "defense": [],
@@ -261,7 +264,7 @@ def evaluate(
     if defenses:
         random_defense = any(d.stochastic for d in pre)
         base |= {"defense": [d.config() for d in defenses], "mode": mode,
-                 "eot": eot if random_defense and mode == "adaptive" else 1,
+                 "eot": eot if random_defense and mode in ADAPTIVE_MODES else 1,
                  "predict": f"majority of {votes} passes" if random_defense else "one pass"}
     if detector is not None:
         calib = calibration if calibration is not None else data_mod.load(data.dataset, "train")
@@ -413,10 +416,11 @@ class _Setup:
             return self.model, self.model, functools.partial(predict, self.model, batch_size=self.batch_size)
         classifier = Defended(self.model, self.pre, seed=seed)
         deployed: nn.Module = classifier
-        surface: nn.Module = classifier.surface(self.eot) if self.mode == "adaptive" else self.model
+        surface: nn.Module = (classifier.surface(self.eot, bpda_all=self.mode == "bpda") if self.mode in ADAPTIVE_MODES
+                              else self.model)
         if self.detector is not None:
             deployed = Guarded(classifier, self.model, self.detector, bpda=False)
-            if self.mode == "adaptive":
+            if self.mode in ADAPTIVE_MODES:
                 surface = Guarded(surface, self.model, self.detector, bpda=True)
         return deployed, surface, functools.partial(vote, deployed, votes=self.votes, batch_size=self.batch_size)
 
@@ -429,11 +433,11 @@ def _check(setup: _Setup, x: torch.Tensor, y: torch.Tensor, threats: list[Threat
     threat = Threat(threats[0].norm, nonzero[len(nonzero) // 2])
     seed = int(cell_key(base | {"checks": dataclasses.asdict(cfg), "eps": threat.eps})[:15], 16)
     deployed, surface, judge = setup.views(seed)
-    adaptive = setup.defended and setup.mode == "adaptive"
+    adaptive = setup.defended and setup.mode in ADAPTIVE_MODES
     probe = Probe(deployed=deployed, surface=surface, judge=judge, x=x[:cfg.n], y=y[:cfg.n], threat=threat, config=cfg,
                   generator=torch.Generator().manual_seed(seed), bare=setup.model if adaptive else None,
                   declared_stochastic=any(d.stochastic for d in setup.pre),
-                  bpda=adaptive and not all(d.differentiable for d in setup.parts),
+                  bpda=adaptive and (setup.mode == "bpda" or not all(d.differentiable for d in setup.parts)),
                   rejects=setup.detector is not None, accuracies={r.eps: r.robust_acc for r in results})
     torch.manual_seed(seed)
     return run_checks(probe)

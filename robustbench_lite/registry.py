@@ -110,4 +110,5 @@ MODELS = Registry("model architecture", modules=("robustbench_lite.zoo",), entry
 ATTACKS = Registry("attack", modules=("attacks",), entry_point_group="robustbench_lite.attacks")
 DEFENSES = Registry("defense", modules=("defenses",), entry_point_group="robustbench_lite.defenses")
 RECIPES = Registry("training recipe", modules=("robustbench_lite.recipes",))
+GENERATIVE = Registry("generative model", modules=("generative",), entry_point_group="robustbench_lite.generative")
 EXPERIMENTS = Registry("experiment", modules=("experiments",), entry_point_group="robustbench_lite.experiments")

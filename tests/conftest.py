@@ -46,3 +46,18 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 # The gradient-masking checks have their own tests (test_checks.py); everywhere else they
 # would only multiply the time of each evaluation.
 evaluate = functools.partial(engine.evaluate, checks=None)
+
+
+@pytest.fixture(scope="session")
+def generative_zoo() -> dict[str, str]:
+    """Tiny generative models under the default cache names the purifiers use (dae-fmnist,
+    vae-fmnist, gan-fmnist), trained for seconds on 5000 images: {kind: name}."""
+    from robustbench_lite import generative
+
+    out = {}
+    for kind, kw in (("dae", {"epochs": 3}), ("vae", {"epochs": 3}), ("gan", {"epochs": 2, "width": 16})):
+        name = generative.generative_name(kind, "fmnist")
+        if not (generative.checkpoint_dir(name) / "card.json").is_file():
+            generative.train(kind, "fmnist", train_subset=5000, test_n=500, classifier=None, seed=0, **kw)
+        out[kind] = name
+    return out

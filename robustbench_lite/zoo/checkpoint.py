@@ -44,16 +44,21 @@ class ModelCard:
 
     @classmethod
     def from_json(cls, path: Path) -> "ModelCard":
-        try:
-            raw = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{path}: unreadable model card: {exc}") from exc
-        names = {f.name for f in dataclasses.fields(cls)}
-        required = {f.name for f in dataclasses.fields(cls)
-                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
-        if not isinstance(raw, dict) or not required <= raw.keys():
-            raise CheckpointError(f"{path}: model card lacks {sorted(required - set(raw or {}))}")
-        return cls(**{k: v for k, v in raw.items() if k in names})
+        return read_card(cls, path)
+
+
+def read_card(cls: type, path: Path) -> Any:
+    """A card dataclass from JSON; a missing required field or unreadable file is a CheckpointError."""
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: unreadable model card: {exc}") from exc
+    names = {f.name for f in dataclasses.fields(cls)}
+    required = {f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    if not isinstance(raw, dict) or not required <= raw.keys():
+        raise CheckpointError(f"{path}: model card lacks {sorted(required - set(raw if isinstance(raw, dict) else {}))}")
+    return cls(**{k: v for k, v in raw.items() if k in names})
 
 
 def file_sha256(path: Path) -> str:
@@ -64,8 +69,9 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def save(model: nn.Module, card: ModelCard, directory: Path) -> ModelCard:
-    """Write weights and card into ``directory`` atomically: a reader never sees half of it."""
+def save(model: nn.Module, card: Any, directory: Path) -> Any:
+    """Write weights and card (a dataclass with ``weights_sha256``) into ``directory`` atomically:
+    a reader never sees half of it."""
     from safetensors.torch import save_file
 
     directory = Path(directory)

@@ -1,0 +1,73 @@
+"""Defense-GAN: "Defense-GAN: Protecting Classifiers Against Adversarial Attacks Using
+Generative Models", Samangouei, Kabkab and Chellappa 2018, arXiv:1805.06605. The input is
+replaced by its closest image on the generator's range, G(z*), z* = argmin_z ||G(z) - x||^2,
+found by L steps of gradient descent from R random starts. Athalye et al. 2018 (Section 5.3)
+attacked it with BPDA; the engine does so with the identity, and with EOT over the starts."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from robustbench_lite.attack import check_int, check_interval, check_positive
+from robustbench_lite.defense import Defense
+from robustbench_lite.registry import DEFENSES
+
+from . import _purifier
+
+
+@DEFENSES.register("defense_gan", kind="purifier")
+@dataclass(frozen=True, kw_only=True)
+class DefenseGAN(Defense):
+    """Project onto a generator's range; declared non-differentiable (an inner optimisation:
+    BPDA with the identity) and random (the restarts: EOT, and a majority vote).
+
+    Args:
+        model: a trained GAN (default ``gan-fmnist``; ``rbl train-generative --model gan``), or
+            any generative model that can decode (a VAE's decoder).
+        steps: gradient-descent steps L on z (default 200, the paper's).
+        restarts: random starts R, the best kept (default 10, the paper's).
+        lr: step size on the per-pixel mean squared error (default 10, the paper's), with
+            momentum 0.7 as in the authors' code.
+
+    Example:
+        >>> rbl eval --model smallcnn-fmnist-standard --defense defense_gan:steps=50,restarts=4 --attack pgd --eps 0.1
+    """
+
+    differentiable = False
+    stochastic = True
+
+    model: str = "gan-fmnist"
+    steps: int = 200
+    restarts: int = 10
+    lr: float = 10.0
+
+    def __post_init__(self) -> None:
+        check_int("defense_gan", "steps", self.steps, 1)
+        check_int("defense_gan", "restarts", self.restarts, 1)
+        check_positive("defense_gan", "lr", self.lr)
+        _purifier.check_source("defense_gan", self.model, "sample")
+
+    def transform(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        net = _purifier.net(self.model, x)
+        n, r = x.shape[0], self.restarts
+        target = x.detach().repeat(r, 1, 1, 1)
+        z = torch.randn(r * n, net.latent, generator=generator).to(x.device)
+        velocity = torch.zeros_like(z)
+        with torch.enable_grad():
+            for _ in range(self.steps):
+                z.requires_grad_(True)
+                loss = (net.decode(z) - target).pow(2).flatten(1).mean(1)
+                (g,) = torch.autograd.grad(loss.sum(), z)
+                velocity = 0.7 * velocity + g
+                z = (z.detach() - self.lr * velocity)
+        with torch.no_grad():
+            out = net.decode(z)
+            err = (out - target).pow(2).flatten(1).mean(1).view(r, n)
+            best = err.argmin(0)
+            return out.view(r, n, *x.shape[1:])[best, torch.arange(n)].to(x.dtype)
+
+    def config(self) -> dict[str, Any]:
+        return _purifier.config(self, self.model)
