@@ -1,16 +1,21 @@
 """Attacks, one file each. Importing this package registers them in ``ATTACKS``."""
-from . import apgd, bim, deepfool, fgsm, foolbox_adapter, gradient_ascent, illc, lbfgs, pgd, square, transfer, universal  # noqa: F401
+from . import (advgan, apgd, bim, deepfool, fgsm, foolbox_adapter, gap, gradient_ascent, illc, latent, lbfgs, pgd,  # noqa: F401
+               square, transfer, universal)
+from .advgan import AdvGAN
 from .apgd import APGDCE, APGDDLR
 from .bim import BIM
 from .deepfool import DeepFool
 from .fgsm import FGSM
 from .foolbox_adapter import FoolboxAttack
+from .gap import GAP
 from .gradient_ascent import GradientAscent
 from .illc import ILLC
+from .latent import Latent
 from .lbfgs import LBFGS
 from .pgd import PGD
 from .square import Square
 from .transfer import Transfer
 from .universal import Universal
 
-__all__ = ["APGDCE", "APGDDLR", "BIM", "DeepFool", "FGSM", "FoolboxAttack", "GradientAscent", "ILLC", "LBFGS", "PGD", "Square", "Transfer", "Universal"]
+__all__ = ["APGDCE", "APGDDLR", "GAP", "BIM", "AdvGAN", "DeepFool", "FGSM", "FoolboxAttack", "GradientAscent", "ILLC", "LBFGS",
+           "Latent", "PGD", "Square", "Transfer", "Universal"]

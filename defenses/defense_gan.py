@@ -5,13 +5,12 @@ found by L steps of gradient descent from R random starts. Athalye et al. 2018 (
 attacked it with BPDA; the engine does so with the identity, and with EOT over the starts."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from robustbench_lite.attack import check_int, check_interval, check_positive
+from robustbench_lite.attack import check_int, check_positive
 from robustbench_lite.defense import Defense
 from robustbench_lite.registry import DEFENSES
 

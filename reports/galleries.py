@@ -175,7 +175,8 @@ def write_all(store: Store, out: Path) -> list[Path]:
     out = Path(out)
     figures = ((universal_gallery, "universal_perturbations.png"), (fooling_gallery, "fooling_images.png"),
                (examples_figure, "adversarial_examples.png"), (transfer_heatmaps, "transfer_matrix.png"),
-               (destruction_plot, "destruction_rate.png"), (generative_gallery, "generative_models.png"))
+               (destruction_plot, "destruction_rate.png"), (generative_gallery, "generative_models.png"),
+               (latent_gallery, "latent_examples.png"), (unrestricted_table, "unrestricted.md"))
     return [p for fn, name in figures if (p := fn(store, out / name)) is not None]
 
 
@@ -209,3 +210,57 @@ def generative_gallery(store: Store, path: Path) -> Path | None:
                 ax.imshow(_image(imgs[c]), cmap="gray", vmin=0, vmax=1)
         ax_row[0].set_title(title, fontsize=7, loc="left", pad=2)
     return _save(fig, path)
+
+
+def latent_gallery(store: Store, path: Path) -> Path | None:
+    """Unrestricted latent adversarial examples: x, its VAE reconstruction, and the misread
+    decode near it, with the classifier's label under each."""
+    arts = {m: a for m, a in _latest(store, "latent").items() if len(a[1]["originals"])}
+    if not arts:
+        return None
+    plt = _plt()
+    cols = max(len(t["originals"]) for _, t in arts.values())
+    fig, axes = plt.subplots(3 * len(arts), cols, figsize=(1.2 * cols, 1.45 * 3 * len(arts)), squeeze=False)
+    for k, (model, (meta, t)) in enumerate(arts.items()):
+        names = _classes(meta, 10)
+        m = meta["metrics"]
+        rows = axes[3 * k: 3 * k + 3]
+        for row, key in zip(rows, ("originals", "reconstructions", "adversarial")):
+            for c, ax in enumerate(row):
+                ax.axis("off")
+                if c < len(t[key]):
+                    ax.imshow(_image(t[key][c]), cmap="gray", vmin=0, vmax=1)
+                    label = t["adversarial_labels"][c] if key == "adversarial" else t["labels"][c]
+                    ax.set_title(names[int(label)], fontsize=7, color="crimson" if key == "adversarial" else "black")
+        rows[0][0].set_title(f"{model}: x (true label)", fontsize=7, loc="left")
+        rows[1][0].set_title("D(E(x))", fontsize=7, loc="left")
+        rows[2][0].set_title(f"misread decode, latent step <= {m['radius']} (success {m['success']:.0%})", fontsize=7, loc="left")
+    return _save(fig, path)
+
+
+def unrestricted_table(store: Store, path: Path) -> Path | None:
+    """The unrestricted latent attack's own table (Markdown): it has no eps, so it is never
+    ranked with the bounded attacks."""
+    arts = _latest(store, "latent")
+    if not arts:
+        return None
+
+    def pct(v: Any) -> str:
+        return "n/a" if v is None else f"{100 * v:.1f}"
+
+    def num(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    lines = ["# Unrestricted latent-space adversarial examples", "",
+             "Decoded images D(E(x) + r) with ||r||_2 <= radius that the classifier misreads (no eps around x). "
+             "Success is among the points read correctly both as x and as D(E(x)). From `rbl experiment latent`.", "",
+             "| model | VAE | n | clean % | on D(E(x)) % | radius | success % | median latent step | median L2 to x | median L-inf to x |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for model, (meta, _) in arts.items():
+        m = meta["metrics"]
+        lines.append(f"| {model} | {m['vae']} | {m['n']} | {pct(m['clean_acc'])} | {pct(m['acc_on_reconstructions'])} | "
+                     f"{m['radius']} | {pct(m['success'])} | {num(m['median_latent_distance'])} | {num(m['median_l2_to_x'])} | "
+                     f"{num(m['median_linf_to_x'])} |")
+    text = "\n".join(lines) + "\n"
+    _atomic(path, lambda p: Path(p).write_text(text))
+    return path

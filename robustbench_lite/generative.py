@@ -9,7 +9,6 @@ defenses and generator attacks name a model this way, or by a checkpoint folder.
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import math
 import time
@@ -25,7 +24,16 @@ from tqdm.auto import tqdm
 from . import data as data_mod
 from .paths import cache_dir
 from .registry import GENERATIVE
-from .zoo.checkpoint import CARD, WEIGHTS, CheckpointError, file_sha256, load_into, read_card, read_state, save
+from .zoo.checkpoint import (
+    CARD,
+    WEIGHTS,
+    CheckpointError,
+    file_sha256,
+    load_into,
+    read_card,
+    read_state,
+    save,
+)
 
 
 class GenerativeModel(nn.Module, ABC):
@@ -200,7 +208,7 @@ def train(kind: str, dataset: str = "fmnist", *, epochs: int | None = None, batc
                           hyperparameters={"epochs": epochs, "batch_size": batch_size, "lr": lr,
                                            "train_subset": train_subset, **model_hparams(model)},
                           seed=seed, data_sha256=train_split.sha256(), metrics=metrics,
-                          created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                          created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                           versions=versions(), train_seconds=round(seconds, 2), curves=curves)
     card = save(model, card, Path(out or checkpoint_dir(name)))
     if store is not None:
@@ -314,5 +322,19 @@ def cached(source: str) -> LoadedGenerative:
     return _CACHE[key]
 
 
-__all__ = ["CheckpointError", "GenerativeCard", "GenerativeModel", "GenerativeNotTrainedError", "LoadedGenerative",
-           "build", "cached", "resolve", "checkpoint_dir", "evaluate", "file_sha256", "generative_name", "load", "train"]
+__all__ = [
+    "CheckpointError",
+    "GenerativeCard",
+    "GenerativeModel",
+    "GenerativeNotTrainedError",
+    "LoadedGenerative",
+    "build",
+    "cached",
+    "checkpoint_dir",
+    "evaluate",
+    "file_sha256",
+    "generative_name",
+    "load",
+    "resolve",
+    "train",
+]

@@ -12,10 +12,14 @@ from robustbench_lite.threat import Threat
 from .conftest import accuracy
 
 
-def _instance(name: str, model: torch.nn.Module | None = None, x: torch.Tensor | None = None) -> Attack:
+def _instance(name: str, model: torch.nn.Module | None = None, x: torch.Tensor | None = None,
+              request: pytest.FixtureRequest | None = None) -> Attack:
     # An attack that needs something made first (a stored perturbation) registers a
-    # ``conformance`` factory that makes it from the fixture model and batch.
+    # ``conformance`` factory that makes it from the fixture model and batch; one that needs
+    # a trained generative model names the fixture that makes it (``conformance_needs``).
     entry = ATTACKS.get(name)
+    if "conformance_needs" in entry.meta and request is not None:
+        request.getfixturevalue(entry.meta["conformance_needs"])
     if "conformance" in entry.meta:
         return entry.meta["conformance"](model, x)
     return entry.obj(**entry.meta.get("example", {}))
@@ -33,7 +37,7 @@ CASES = [(n, t) for n in ATTACKS.names() for t in THREATS if t.norm == "linf" or
 @pytest.fixture(params=CASES, ids=[f"{n}-{t.norm}" for n, t in CASES])
 def case(request, trained, batch):
     name, threat = request.param
-    return _instance(name, trained.model, batch[0]), threat
+    return _instance(name, trained.model, batch[0], request), threat
 
 
 def test_keeps_shape_dtype_device_and_stays_in_threat(case, trained, batch):
@@ -87,8 +91,8 @@ def test_eps_zero_returns_the_input(case, trained, batch):
 
 
 @pytest.mark.parametrize("name", ATTACKS.names())
-def test_rejects_bad_inputs(name, trained, batch):
-    attack = _instance(name, trained.model, batch[0])
+def test_rejects_bad_inputs(name, trained, batch, request):
+    attack = _instance(name, trained.model, batch[0], request)
     x, y = batch
     t = Threat("linf", 0.1)
     bad = x[:4].clone()
