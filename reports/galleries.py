@@ -5,6 +5,7 @@ reconstructions, samples and latent interpolations."""
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,9 @@ def _classes(meta: dict[str, Any], n: int) -> list[str]:
     return list(info.classes) if info is not None and len(info.classes) == n else [str(i) for i in range(n)]
 
 
-def _save(fig: Any, path: Path, top: float = 1.0) -> Path:
-    fig.tight_layout(rect=(0, 0, 1, top))
+def _save(fig: Any, path: Path, top: float = 1.0, tight: bool = True) -> Path:
+    if tight:
+        fig.tight_layout(rect=(0, 0, 1, top))
     _atomic(path, lambda p: fig.savefig(p, dpi=110))
     _plt().close(fig)
     return path
@@ -196,20 +198,21 @@ def generative_gallery(store: Store, path: Path) -> Path | None:
                            f"(clean {m['classifier_clean_acc']:.1%})")
         if "classifier_confidence_on_samples" in m:
             figures.append(f"classifier confidence on samples {m['classifier_confidence_on_samples']:.2f}")
-        head = f"{model}: " + ", ".join(figures)
+        head = "\n".join(textwrap.wrap(f"{model}: " + ", ".join(figures), 70))
         shown = [(what, t[key]) for key, what in (("originals", "test images"), ("reconstructions", "reconstructions"),
                                                   ("samples", "samples"), ("interpolation", "latent interpolation"))
                  if key in t]
         rows += [(f"{head}\n{what}" if i == 0 else what, imgs) for i, (what, imgs) in enumerate(shown)]
-    cols = max(len(v) for _, v in rows)
-    fig, axes = plt.subplots(len(rows), cols, figsize=(1.0 * cols, 1.25 * len(rows)), squeeze=False)
+    cols = min(10, max(len(v) for _, v in rows))
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.1 * cols, 1.5 * len(rows)), squeeze=False,
+                             gridspec_kw={"hspace": 0.9, "wspace": 0.05, "left": 0.02, "right": 0.98, "top": 0.95, "bottom": 0.01})
     for ax_row, (title, imgs) in zip(axes, rows):
         for c, ax in enumerate(ax_row):
             ax.axis("off")
             if c < len(imgs):
                 ax.imshow(_image(imgs[c]), cmap="gray", vmin=0, vmax=1)
-        ax_row[0].set_title(title, fontsize=7, loc="left", pad=2)
-    return _save(fig, path)
+        ax_row[0].text(0, 1.08, title, transform=ax_row[0].transAxes, fontsize=7, va="bottom", ha="left")
+    return _save(fig, path, tight=False)
 
 
 def latent_gallery(store: Store, path: Path) -> Path | None:

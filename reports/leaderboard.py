@@ -66,6 +66,11 @@ def table(store: Store, headline_eps: float = 0.1, norm: str = "linf") -> pd.Dat
     adaptive = out[out["mode"] != "oblivious"]
     strongest = adaptive.sort_values("robust_acc").groupby(["model", "dataset", "defense"], sort=False).head(1).index
     out["ranked"] = out.index.isin(strongest)
+    # The oblivious number beside every adaptive row of the same defense: the gap is what an
+    # oblivious evaluation would have overstated.
+    obl = out[out["mode"] == "oblivious"].set_index(["model", "dataset", "defense"])["robust_acc"]
+    out["oblivious_acc"] = [obl.get((m, d, f)) if mode not in ("oblivious", "none") else None
+                            for m, d, f, mode in zip(out["model"], out["dataset"], out["defense"], out["mode"], strict=True)]
     out = out.sort_values(["ranked", "robust_acc", "clean_acc"], ascending=False).reset_index(drop=True)
     ranks = out["ranked"].cumsum()
     out.insert(0, "rank", [int(r) if ok else None for r, ok in zip(ranks, out["ranked"], strict=True)])
@@ -89,7 +94,7 @@ def _pct(v: Any) -> str:
 
 _META = {"rank", "model", "arch", "recipe", "dataset", "defense", "mode", "eps", "n", "clean_acc", "robust_acc",
          "robust_acc_ci_low", "robust_acc_ci_high", "robust_top5", "worst_case_over", "checks", "caught",
-         "detection_auc"}
+         "detection_auc", "oblivious_acc"}
 
 
 def markdown(store: Store, headline_eps: float = 0.1) -> str:
@@ -100,7 +105,7 @@ def markdown(store: Store, headline_eps: float = 0.1) -> str:
     defended = bool((t["defense"] != "none").any())
     head = ["#", "model", "arch", "recipe"] + (["defense", "attacked"] if defended else []) + ["clean %"]
     detectors = "caught" in t and bool(t["caught"].notna().any())
-    head += [f"{c} %" for c in attack_cols] + ["worst case % (95% CI)", "top-5 worst %"]
+    head += [f"{c} %" for c in attack_cols] + ["worst case % (95% CI)"] + (["oblivious %"] if defended else []) + ["top-5 worst %"]
     head += ["caught %", "detection AUC"] if detectors else []
     head += ["n", "masking checks"]
     lines = [
@@ -111,9 +116,11 @@ def markdown(store: Store, headline_eps: float = 0.1) -> str:
         "shown only where every attack ran without early stop (a point stopped at the top-1 flip "
         "keeps its label in the top 5). The masking checks column lists the gradient-masking checks "
         "(Carlini et al. 2019) that failed; a number next to a failed check is not to be trusted." + (
-            " A defended model is listed twice: attacked adaptively (white-box through the defense, BPDA "
-            "for non-differentiable steps, EOT for random ones), which is ranked, and obliviously (examples "
-            "crafted on the bare model), which is not: the gap is what an oblivious evaluation overstates."
+            " A defended model is listed once per attack mode: adaptive (white-box through the defense, full "
+            "gradients where it is differentiable, BPDA for non-differentiable steps, EOT for random ones), bpda "
+            "(the identity through every defense step) and oblivious (examples crafted on the bare model). Only the "
+            "strongest non-oblivious row is ranked; the oblivious % column beside it is what an oblivious "
+            "evaluation would have reported."
             if defended else "") + (
             " A detector's rejection of an adversarial input counts as robust (caught %), its rejection of "
             "a clean input as an error; adaptive rows attack classifier and detector jointly (Carlini & Wagner 2017)."
@@ -128,8 +135,9 @@ def markdown(store: Store, headline_eps: float = 0.1) -> str:
         cells += [r["defense"], r["mode"]] if defended else []
         cells += [_pct(r["clean_acc"])]
         cells += [_pct(r.get(c)) for c in attack_cols]
-        cells += [f"**{_pct(r['robust_acc'])}** ({_pct(r['robust_acc_ci_low'])}–{_pct(r['robust_acc_ci_high'])})",
-                  _pct(r["robust_top5"])]
+        cells += [f"**{_pct(r['robust_acc'])}** ({_pct(r['robust_acc_ci_low'])}–{_pct(r['robust_acc_ci_high'])})"]
+        cells += [_pct(r["oblivious_acc"])] if defended else []
+        cells += [_pct(r["robust_top5"])]
         if detectors:
             auc = r["detection_auc"]
             cells += [_pct(r["caught"]), "–" if auc is None or (isinstance(auc, float) and math.isnan(auc)) else f"{auc:.3f}"]

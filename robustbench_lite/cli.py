@@ -48,9 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
 
+    def plugin(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--plugin", action="append", default=[], metavar="FILE",
+                        help="a Python file registering a defense, attack or model (repeatable); see examples/my_defense.py")
+
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--store", type=Path, help="results store (default $RBL_STORE or the user cache)")
         sp.add_argument("--data-dir", help="folder searched first for datasets")
+        plugin(sp)
 
     r = sub.add_parser("run", help="train what is missing, run a benchmark profile, write reports")
     r.add_argument("--profile", default="quick", help="quick (default) or full")
@@ -135,9 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--out", type=Path, help="write all formats and the plot into this folder")
     lb.add_argument("--store", type=Path)
 
+    cf = sub.add_parser("conformance", help="run the conformance checks on a plugin's defenses, attacks and models")
+    cf.add_argument("--model", default="smallcnn-fmnist-standard",
+                    help="trained zoo model or checkpoint the attacks run against (default smallcnn-fmnist-standard)")
+    cf.add_argument("--n", type=_positive_int, default=64, help="test points (default 64)")
+    cf.add_argument("--json", action="store_true", help="one JSON object per check")
+    plugin(cf)
+
     ls = sub.add_parser("list", help="list registered models, attacks, defenses or recipes")
     ls.add_argument("what", choices=["models", "attacks", "defenses", "recipes", "experiments", "generative"])
     ls.add_argument("--json", action="store_true")
+    plugin(ls)
     return p
 
 
@@ -299,6 +312,43 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_conformance(args: argparse.Namespace) -> int:
+    from . import conformance, data, zoo
+    from .defense import Composite
+    from .registry import ATTACKS, DEFENSES, MODELS
+    from .threat import Threat
+
+    if not args.plugin:
+        raise ValueError("rbl conformance needs at least one --plugin FILE")
+    loaded = args.plugins_loaded
+    lm = zoo.load_any(args.model)
+    test = data.load(lm.dataset, "test").first(args.n)
+    x, y = test.floats(), test.labels
+    results: list[conformance.Result] = []
+    for item in loaded:
+        kind, _, name = item.partition(":")
+        if kind == "defense":
+            obj = DEFENSES.create(name)
+            for part in obj.parts() if isinstance(obj, Composite) else (obj,):
+                results += conformance.check_defense(name if part is obj else f"{name} > {part.spec()}", part, x)
+        elif kind == "attack":
+            results += conformance.check_attack(name, ATTACKS.create(name), lm.model, x, y,
+                                                (Threat("linf", 0.1), Threat("l2", 1.5)))
+        elif kind == "model architecture":
+            results.append(conformance.check_model(name, MODELS.get(name).obj, lm.dataset, x))
+        else:
+            results.append(conformance.Result(name, "registered", True, f"{kind}: no conformance checks for this kind"))
+    for r in results:
+        if args.json:
+            print(json.dumps(conformance.as_dict(r)))
+        else:
+            print(f"{'ok  ' if r.passed else 'FAIL'} {r.method:40s} {r.check:14s} {r.detail}")
+    failed = [r for r in results if not r.passed]
+    if not args.json:
+        print(f"{len(results) - len(failed)}/{len(results)} checks passed" + (f"; {len(failed)} failed" if failed else ""))
+    return 1 if failed else 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from . import specs, zoo
     from .registry import ATTACKS, DEFENSES, EXPERIMENTS, GENERATIVE, MODELS, RECIPES
@@ -334,11 +384,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .generative import GenerativeNotTrainedError
     from .zoo import CheckpointError, ModelNotTrainedError
 
+    from .plugins import load_all
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     handlers = {"run": cmd_run, "train": cmd_train, "train-generative": cmd_train_generative, "eval": cmd_eval, "experiment": cmd_experiment,
-                "leaderboard": cmd_leaderboard, "list": cmd_list}
+                "leaderboard": cmd_leaderboard, "list": cmd_list, "conformance": cmd_conformance}
     try:
+        args.plugins_loaded = load_all(getattr(args, "plugin", None))
         return handlers[args.cmd](args)
     except (ValueError, TypeError, DatasetNotFoundError, CheckpointError, ModelNotTrainedError, GenerativeNotTrainedError,
             AttackBudgetError, FileNotFoundError) as exc:

@@ -46,9 +46,15 @@ class Defense(ABC):
         return {"defense": DEFENSES.name_of(type(self)), **dataclasses.asdict(self)}
 
     def spec(self) -> str:
-        cfg = self.config()
-        name = cfg.pop("defense")
-        return name + (":" + ",".join(f"{k}={v}" for k, v in cfg.items()) if cfg else "")
+        return spec_of(self.config())
+
+
+def spec_of(config: dict[str, Any]) -> str:
+    """``name:key=value,...`` of a defense's config, as a user would type it: the sha256 of a
+    model it loads identifies the cell in the store key, but is not an argument."""
+    cfg = {k: v for k, v in config.items() if not k.endswith("_sha256")}
+    name = cfg.pop("defense")
+    return name + (":" + ",".join(f"{k}={v}" for k, v in cfg.items()) if cfg else "")
 
 
 @dataclass(frozen=True, kw_only=True)

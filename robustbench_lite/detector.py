@@ -67,9 +67,9 @@ class Detector(ABC):
         return {"defense": DEFENSES.name_of(type(self)), **dataclasses.asdict(self)}
 
     def spec(self) -> str:
-        cfg = self.config()
-        name = cfg.pop("defense")
-        return name + ":" + ",".join(f"{k}={v}" for k, v in cfg.items())
+        from .defense import spec_of
+
+        return spec_of(self.config())
 
 
 @dataclass(frozen=True)

@@ -229,7 +229,7 @@ def pictures(model: GenerativeModel, test: data_mod.Split, seed: int, n: int = 8
     if "reconstruct" in model.abilities:
         out |= {"originals": x, "reconstructions": model.reconstruct(x)}
     if "sample" in model.abilities:
-        out["samples"] = model.sample(2 * n, gen)
+        out["samples"] = model.sample(n, gen)
     if "decode" in model.abilities:
         # Two test images of different classes, else two prior draws.
         if "encode" in model.abilities:

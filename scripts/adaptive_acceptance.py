@@ -3,6 +3,13 @@
     python scripts/adaptive_acceptance.py pre      # each preprocessing defense, oblivious vs adaptive
     python scripts/adaptive_acceptance.py det      # detectors: classifier-only vs joint attack
     python scripts/adaptive_acceptance.py strong   # PGD-50 vs the strong preset on smallcnn-fmnist-pgd_at
+    python scripts/adaptive_acceptance.py purify   # magnet, vae_purify: oblivious vs adaptive vs bpda
+    python scripts/adaptive_acceptance.py dgan     # defense_gan (reduced L and R, see the README)
+    python scripts/adaptive_acceptance.py gen      # advgan, gap vs PGD on standard and pgd_at; the latent experiment
+
+The purify, dgan and gen parts also need the generative models (rbl train-generative --model
+dae / vae / gan) and write their cells into $RBL_STORE, from which
+`rbl leaderboard --out reports/purifiers-eps0.1` publishes them.
 
 Needs the trained zoo models smallcnn-fmnist-{standard,pgd_at} (rbl train, or rbl run --profile full).
 Rows go to stdout and to accept-<part>.jsonl in the current folder.
@@ -13,12 +20,21 @@ import sys
 import time
 
 from robustbench_lite import data, zoo
-from robustbench_lite.engine import evaluate
+from robustbench_lite.engine import evaluate as _evaluate
+from robustbench_lite.paths import default_store
+from robustbench_lite.store import Store
 from robustbench_lite.checks import CheckConfig
 
 test = data.load("fmnist", "test"); train = data.load("fmnist", "train")
 part = sys.argv[1]
 out = open(f"accept-{part}.jsonl", "a")
+
+store = Store(default_store()) if part in ("purify", "dgan", "gen") else None
+
+
+def evaluate(*args, **kw):
+    return _evaluate(*args, store=store, **kw)
+
 
 def log(tag, r, t):
     row = dict(tag=tag, model=r.model, defense=r.defense, mode=r.mode, attacks=list(r.attacks), n=r.n, eps=r.eps,
@@ -49,3 +65,28 @@ elif part == "det":
             t = time.time()
             log("det", evaluate(lm, test, ["pgd:steps=50,early_stop=False"], [0.1], n=500, defense=[d], mode=mode,
                                 calibration=train, checks=CheckConfig(n=100, steps=10, queries=300))[0], t)
+elif part == "purify":
+    lm = zoo.load("smallcnn-fmnist-standard")
+    n = int(os.environ.get("N", 500))
+    atk = ["pgd:steps=50,early_stop=False"]
+    t = time.time(); log("undefended", evaluate(lm, test, atk, [0.1], n=n, checks=None)[0], t)
+    for d in ["magnet", "vae_purify"]:
+        for mode in ["oblivious", "adaptive", "bpda"]:
+            t = time.time()
+            log(f"purify-{d}", evaluate(lm, test, atk, [0.1], n=n, defense=[d], mode=mode, calibration=train,
+                                       checks=CheckConfig(n=100, steps=10, queries=300))[0], t)
+elif part == "dgan":
+    lm = zoo.load("smallcnn-fmnist-standard")
+    n = int(os.environ.get("N", 100))
+    spec = os.environ.get("DGAN", "defense_gan:steps=50,restarts=4")
+    eot, votes = int(os.environ.get("EOT", 4)), int(os.environ.get("VOTES", 3))
+    for mode in ["oblivious", "adaptive"]:
+        t = time.time()
+        log("dgan", evaluate(lm, test, [os.environ.get("ATTACK", "pgd:steps=20")], [0.1], n=n, defense=[spec], mode=mode,
+                             eot=eot, votes=votes, checks=None)[0], t)
+elif part == "gen":
+    n = int(os.environ.get("N", 1000))
+    for name in ["smallcnn-fmnist-standard", "smallcnn-fmnist-pgd_at"]:
+        lm = zoo.load(name)
+        for atk in (["pgd:steps=50"], ["advgan"], ["gap"], ["gap:mode=image"], ["latent"]):
+            t = time.time(); log("gen", evaluate(lm, test, atk, [0.1], n=n, checks=None)[0], t)

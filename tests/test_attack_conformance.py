@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from robustbench_lite import conformance
 from robustbench_lite.attack import Attack
 from robustbench_lite.registry import ATTACKS
 from robustbench_lite.threat import Threat
@@ -40,54 +41,32 @@ def case(request, trained, batch):
     return _instance(name, trained.model, batch[0], request), threat
 
 
-def test_keeps_shape_dtype_device_and_stays_in_threat(case, trained, batch):
+# The checks live in robustbench_lite.conformance, which `rbl conformance --plugin FILE` runs too.
+def _check(fn, case, trained, batch) -> None:
     attack, threat = case
-    x, y = batch
-    x_adv = attack(trained.model, x, y, threat, generator=torch.Generator().manual_seed(0))
-    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and x_adv.device == x.device
-    assert threat.distance(x_adv, x).max().item() <= threat.eps * (1 + 1e-5) + 1e-6
-    assert x_adv.min().item() >= 0.0 and x_adv.max().item() <= 1.0
+    problem = fn(attack, trained.model, batch[0], batch[1], threat)
+    assert problem is None, f"{attack} {problem}"
+
+
+def test_keeps_shape_dtype_device_and_stays_in_threat(case, trained, batch):
+    _check(conformance.attack_threat, case, trained, batch)
 
 
 def test_leaves_inputs_model_and_mode_untouched(case, trained, batch):
-    attack, threat = case
-    x, y = batch
-    x0, y0 = x.clone(), y.clone()
-    state0 = {k: v.clone() for k, v in trained.model.state_dict().items()}
-    trained.model.train()  # the attack must restore the caller's mode and not move BN statistics
-    try:
-        attack(trained.model, x, y, threat, generator=torch.Generator().manual_seed(0))
-        assert trained.model.training
-    finally:
-        trained.model.eval()
-    assert torch.equal(x, x0) and torch.equal(y, y0)
-    for k, v in trained.model.state_dict().items():
-        assert torch.equal(v, state0[k]), f"{k} changed"
-    assert all(p.grad is None for p in trained.model.parameters())
+    _check(conformance.attack_side_effects, case, trained, batch)
 
 
 def test_deterministic_under_a_seed(case, trained, batch):
-    attack, threat = case
-    x, y = batch
-    a = attack(trained.model, x, y, threat, generator=torch.Generator().manual_seed(7))
-    b = attack(trained.model, x, y, threat, generator=torch.Generator().manual_seed(7))
-    assert torch.equal(a, b)
+    _check(conformance.attack_determinism, case, trained, batch)
 
 
 def test_strictly_lowers_accuracy_of_a_trained_model(case, trained, batch):
-    attack, threat = case
-    x, y = batch
-    clean = accuracy(trained.model, x, y)
-    adv = accuracy(trained.model, attack(trained.model, x, y, threat, generator=torch.Generator().manual_seed(0)), y)
-    assert clean > 0.7, "the fixture model should be trained"
-    assert adv < clean - 0.05, f"{attack} only took accuracy from {clean:.3f} to {adv:.3f}"
+    assert accuracy(trained.model, *batch) > 0.7, "the fixture model should be trained"
+    _check(conformance.attack_effect, case, trained, batch)
 
 
 def test_eps_zero_returns_the_input(case, trained, batch):
-    attack, threat = case
-    x, y = batch
-    zero = Threat(threat.norm, 0.0)
-    assert torch.equal(attack(trained.model, x[:16], y[:16], zero), x[:16])
+    _check(conformance.attack_eps_zero, case, trained, batch)
 
 
 @pytest.mark.parametrize("name", ATTACKS.names())

@@ -171,10 +171,20 @@ def test_magnet_expands_to_reformer_then_detector(generative_zoo):
     assert parts[1].config()["weights_sha256"] == generative.load(generative_zoo["dae"]).weights_sha256
 
 
-def test_purifier_modes_are_keyed_apart_and_bpda_differs_from_full_gradients(generative_zoo, trained, fmnist_test):
+def test_purifier_modes_are_keyed_apart_and_the_strongest_is_ranked(generative_zoo, trained, fmnist_test, tmp_path):
+    from reports.leaderboard import markdown, table
+
     kw = dict(n=60, defense=["vae_purify"])
-    rows = {mode: evaluate(trained, fmnist_test, ["pgd:steps=10"], [0.1], mode=mode, **kw)[0]
-            for mode in ("adaptive", "bpda", "oblivious")}
+    with Store(tmp_path / "s.sqlite") as store:
+        rows = {mode: evaluate(trained, fmnist_test, ["pgd:steps=10"], [0.1], mode=mode, store=store, **kw)[0]
+                for mode in ("adaptive", "bpda", "oblivious")}
+        t = table(store).set_index("mode")
+        md = markdown(store)
+    strongest = min(("adaptive", "bpda"), key=lambda m: rows[m].robust_acc)
+    assert t.loc[strongest, "rank"] == 1
+    assert t["rank"].notna().sum() == 1  # one ranked row per defense
+    assert t.loc[strongest, "oblivious_acc"] == rows["oblivious"].robust_acc
+    assert "oblivious %" in md
     assert len({r.key for r in rows.values()}) == 3
     assert {r.mode for r in rows.values()} == {"adaptive", "bpda", "oblivious"}
     assert rows["adaptive"].clean_acc == rows["bpda"].clean_acc == rows["oblivious"].clean_acc

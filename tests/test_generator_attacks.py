@@ -89,7 +89,6 @@ def test_bad_specs(generative_zoo, spec, match):
 
 
 def test_wrong_dataset_for_the_inputs_is_named(trained):
-    x = torch.rand(2, 3, 32, 32)
     with pytest.raises(ValueError, match=r"advgan: dataset 'fmnist' has images of shape \(1, 28, 28\), the inputs \(3, 32, 32\)"):
         ATTACKS.create("advgan", **FAST)._train(trained.model, (3, 32, 32), T)
 
@@ -101,7 +100,7 @@ def test_latent_projected_stays_in_the_ball_and_unrestricted_does_not(generative
     assert accuracy(trained.model, adv, y) < accuracy(trained.model, x, y)
     exp = EXPERIMENTS.create("latent", n=64, steps=30, radius=2.0)
     with Store(tmp_path / "s.sqlite") as store:
-        (outcome, key), = execute(exp, [trained], data.load("fmnist", "train"), fmnist_test, store=store)
+        (outcome, _key), = execute(exp, [trained], data.load("fmnist", "train"), fmnist_test, store=store)
         from reports.galleries import latent_gallery, unrestricted_table
 
         assert latent_gallery(store, tmp_path / "l.png") is not None
