@@ -140,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--out", type=Path, help="write all formats and the plot into this folder")
     lb.add_argument("--store", type=Path)
 
+    ck = sub.add_parser("check", help="CI gate: evaluate a TOML suite and fail below its thresholds")
+    ck.add_argument("suite", type=Path, help="suite file (see examples/ci-suite.toml)")
+    ck.add_argument("--junit", type=Path, help="write JUnit XML here")
+    ck.add_argument("--json", action="store_true", help="one JSON object per row instead of the Markdown table")
+    common(ck)
+
     cf = sub.add_parser("conformance", help="run the conformance checks on a plugin's defenses, attacks and models")
     cf.add_argument("--model", default="smallcnn-fmnist-standard",
                     help="trained zoo model or checkpoint the attacks run against (default smallcnn-fmnist-standard)")
@@ -312,6 +318,29 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+EXIT_GATE = 1  # rbl check: a threshold or a gradient-masking check failed
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from . import gate
+
+    suite = gate.load(args.suite)
+    with _store(args.store) as store:
+        rows = gate.run(suite, store, data_dir=args.data_dir, progress=sys.stderr.isatty())
+    md = gate.publish(suite, rows, args.junit)
+    if args.json:
+        for r in rows:
+            print(json.dumps(dataclasses.asdict(r) | {"passed": r.passed}))
+    else:
+        sys.stdout.write(md)
+    failed = [r for r in rows if not r.passed]
+    if failed:
+        print(f"rbl check: {len(failed)} of {len(rows)} rows below threshold or flagged", file=sys.stderr)
+    return EXIT_GATE if failed else 0
+
+
 def cmd_conformance(args: argparse.Namespace) -> int:
     from . import conformance, data, zoo
     from .defense import Composite
@@ -389,7 +418,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     handlers = {"run": cmd_run, "train": cmd_train, "train-generative": cmd_train_generative, "eval": cmd_eval, "experiment": cmd_experiment,
-                "leaderboard": cmd_leaderboard, "list": cmd_list, "conformance": cmd_conformance}
+                "leaderboard": cmd_leaderboard, "list": cmd_list, "conformance": cmd_conformance,
+                "check": cmd_check}
     try:
         args.plugins_loaded = load_all(getattr(args, "plugin", None))
         return handlers[args.cmd](args)
