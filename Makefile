@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup data run test bench clean
+.PHONY: setup data browser run test bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), f"Python >= 3.11 needed, found {sys.version}"'
@@ -23,7 +23,11 @@ setup: $(STAMP) data
 run: setup
 	$(VENV)/bin/rbl run --profile quick --out reports
 
-test: setup
+# The HTML leaderboard's browser test renders in Debian's chromium.
+browser:
+	@bash scripts/get-chromium.sh
+
+test: setup browser
 	$(PY) -m pytest -q tests
 
 # Speed targets (ratios against baselines measured in the same run); needs the bench extra.

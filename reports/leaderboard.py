@@ -158,15 +158,16 @@ def render(store: Store, fmt: str, headline_eps: float = 0.1) -> str:
     return json.dumps(table(store, headline_eps).to_dict(orient="records"), indent=2) + "\n"
 
 
-def plot(store: Store, path: Path, norm: str = "linf") -> Path:
-    """Accuracy vs eps: one panel per model, one curve per attack, the worst case with its CI."""
+def plot(store: Store, path: Path, norm: str = "linf", only: str | None = None) -> Path:
+    """Accuracy vs eps: one panel per model (``only`` one model's), one curve per attack, the
+    worst case with its CI."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     df = frame(store)
-    df = df[df["norm"] == norm]
+    df = df[(df["norm"] == norm) & ((df["model"] == only) if only is not None else True)]
     models = list(dict.fromkeys(df["label"]))
     cols = max(1, math.ceil(math.sqrt(len(models))))
     rows = math.ceil(len(models) / cols) if models else 1

@@ -135,9 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     common(x)
 
     lb = sub.add_parser("leaderboard", help="print or write the leaderboard from the store")
-    lb.add_argument("--format", default="md", help="md (default), csv or json")
+    lb.add_argument("--format", default="md",
+                    help="md (default), csv, json, latex (booktabs), robustbench (model_info JSON), or html (needs --out)")
     lb.add_argument("--eps", type=_eps, default=0.1, help="headline eps (default 0.1)")
-    lb.add_argument("--out", type=Path, help="write all formats and the plot into this folder")
+    lb.add_argument("--out", type=Path, help="write every format, the HTML site (index.html) and the figures into this folder")
+    lb.add_argument("--import", dest="imports", action="append", default=[], metavar="FILE",
+                    help="add a RobustBench model_info JSON as an imported (not re-evaluated) entry, repeatable")
     lb.add_argument("--store", type=Path)
 
     ck = sub.add_parser("check", help="CI gate: evaluate a TOML suite and fail below its thresholds")
@@ -309,10 +312,23 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
     from .profiles import write_reports
 
+    from reports import site
+
+    formats = (*leaderboard.FORMATS, "latex", "robustbench", "html")
+    if args.format not in formats:
+        raise ValueError(f"unknown format {args.format!r}; allowed: {', '.join(formats)}")
+    if args.format == "html" and not args.out:
+        raise ValueError("--format html writes a site (index.html, one page per model, images): give it --out DIR")
     with _store(args.store) as store:
+        for f in args.imports:
+            print(f"imported {f} as {site.import_robustbench(store, Path(f))[:12]}", file=sys.stderr)
         if args.out:
             for path in write_reports(store, args.out, headline_eps=args.eps):
                 print(path)
+        elif args.format == "latex":
+            sys.stdout.write(site.latex(store, args.eps))
+        elif args.format == "robustbench":
+            print(json.dumps(list(site.robustbench_entries(store, args.eps).values()), indent=2))
         else:
             sys.stdout.write(leaderboard.render(store, args.format, headline_eps=args.eps))
     return 0

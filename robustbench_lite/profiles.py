@@ -103,7 +103,16 @@ def write_reports(store: Store, out: Path, headline_eps: float = HEADLINE_EPS) -
     and the figures of every experiment whose artifacts the store holds."""
     from reports import galleries, leaderboard
 
+    from reports import site
+
     ranked = set(leaderboard.frame(store).get("model", ()))
     cards = [zoo.load_card(name) for name in zoo.trained() if name in ranked]
     written = leaderboard.write_all(store, out, headline_eps=headline_eps, cards=cards) if ranked else []
+    if ranked and not leaderboard.table(store, headline_eps).empty:
+        tex = site.latex(store, headline_eps)
+        leaderboard._atomic(Path(out) / "leaderboard.tex", lambda p: Path(p).write_text(tex))
+        written.append(Path(out) / "leaderboard.tex")
+        written += site.write_robustbench(store, Path(out) / "robustbench", headline_eps)
+        # The site draws the galleries itself, into its experiments/ folder.
+        return written + site.write_site(store, out, headline_eps)
     return written + galleries.write_all(store, out)

@@ -44,11 +44,15 @@ def create(registry: Any, spec: str) -> Any:
     if name.startswith("fb:"):
         return registry.create("fb", attack=name[3:], options=tuple(sorted(kw.items())))
     entry = registry.get(name)
+    import dataclasses
+
+    if dataclasses.is_dataclass(entry.obj):
+        # A field whose default is a word takes "none" literally (pgd:target=none), not as None.
+        words = {f.name for f in dataclasses.fields(entry.obj) if isinstance(f.default, str)}
+        kw = {k: "none" if v is None and k in words else v for k, v in kw.items()}
     try:
         return entry.obj(**kw)
     except TypeError as exc:
-        import dataclasses
-
         allowed = [f.name for f in dataclasses.fields(entry.obj)] if dataclasses.is_dataclass(entry.obj) else []
         raise ValueError(f"bad arguments {kw} for {registry.kind} {name!r} ({exc}); allowed: {', '.join(allowed) or 'none'}") from exc
 

@@ -31,3 +31,10 @@ def test_names_and_patterns():
 def test_names_are_lowercase_snake_case(bad):
     with pytest.raises(ValueError, match="lowercase"):
         Registry("x").register(bad)
+
+
+def test_a_word_field_takes_none_literally_and_a_number_field_takes_none_as_none():
+    from robustbench_lite import specs
+
+    assert specs.attack("pgd:target=none").target == "none"
+    assert specs.attack("pgd:step_size=none").step_size is None

@@ -1,0 +1,237 @@
+"""The leaderboard as a self-contained static site (jinja2 templates, inline CSS and JS, local
+images only), LaTeX (booktabs), and RobustBench's per-model ``model_info`` JSON, both ways.
+
+Nothing here computes an accuracy: every number is a stored cell.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from robustbench_lite import __version__, zoo
+from robustbench_lite.defense import spec_of
+from robustbench_lite.store import Store
+
+from .leaderboard import _META, _atomic, frame, plot, table
+
+
+def _pct(v: Any) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def _env() -> Any:
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+                              autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined)
+
+
+def command(config: dict[str, Any]) -> str:
+    """The ``rbl eval`` line that recomputes a stored cell: every attack with its resolved
+    hyperparameters, the defenses, the mode and the EOT/vote policy, eps, n, seed and norm."""
+    from robustbench_lite.specs import _value
+
+    def arg(v: Any) -> str:  # a string the spec parser would read as something else is quoted
+        return json.dumps(v) if isinstance(v, str) and _value(v) != v else str(v)
+
+    def spec(cfg: dict[str, Any], key: str) -> str:
+        cfg = dict(cfg)
+        name = cfg.pop(key)
+        if name == "fb":
+            opts = ",".join(f"{k}={arg(v)}" for k, v in cfg.get("options", ()))
+            return f"fb:{cfg['attack']}" + (f":{opts}" if opts else "")
+        return name + (":" + ",".join(f"{k}={arg(v)}" for k, v in cfg.items()) if cfg else "")
+
+    parts = ["rbl eval", f"--model {config['model']}"]
+    parts += [f"--attack '{spec(a, 'attack')}'" for a in config["attacks"]]
+    parts += [f"--defense '{spec_of(d)}'" for d in config.get("defense", [])]
+    if config.get("defense"):
+        parts.append(f"--mode {config.get('mode', 'adaptive')}")
+        if config.get("eot", 1) > 1:
+            parts.append(f"--eot {config['eot']}")
+        votes = re.match(r"majority of (\d+)", str(config.get("predict", "")))
+        if votes:
+            parts.append(f"--votes {votes.group(1)}")
+    parts += [f"--eps {config['eps']:g}", f"--n {config['n']}", f"--seed {config['seed']}", f"--norm {config['norm']}"]
+    return " ".join(parts)
+
+
+def _flagged(checks: str) -> bool:
+    return checks.startswith("FAILED")
+
+
+def write_site(store: Store, out: Path, headline_eps: float = 0.1) -> list[Path]:
+    """index.html (ranked, sortable, flagged rows marked), models/<model>.html (card, every
+    cell with its CI, flags and reproducing command, the model's curves), and the figures."""
+    from . import galleries
+    from .curves import plot_training
+
+    out = Path(out)
+    t = table(store, headline_eps)
+    if t.empty:
+        raise ValueError(f"no results at eps {headline_eps} in the store; run `rbl run` or `rbl eval` first")
+    env = _env()
+    written: list[Path] = []
+    images = [{"title": "Accuracy under attack vs eps", "src": "accuracy_vs_eps.png"}]
+    written.append(plot(store, out / "accuracy_vs_eps.png"))
+    cards = {name: zoo.load_card(name) for name in dict.fromkeys(t["model"]) if zoo.is_trained(name)}
+    if any(c.curves for c in cards.values()):
+        written.append(plot_training(list(cards.values()), out / "training_curves.png"))
+        images.append({"title": "Training curves", "src": "training_curves.png"})
+    for p in galleries.write_all(store, out / "experiments"):
+        written.append(p)
+        if p.suffix == ".png":
+            images.append({"title": p.stem.replace("_", " ").capitalize(), "src": f"experiments/{p.name}"})
+    attack_columns = [c for c in t.columns if c not in _META]
+    rows = []
+    for _, r in t.iterrows():
+        rank = None if r["rank"] is None or (isinstance(r["rank"], float) and math.isnan(r["rank"])) else int(r["rank"])
+        rows.append({"rank": rank, "model": r["model"], "slug": slug(r["model"]), "arch": r["arch"], "recipe": r["recipe"],
+                     "defense": r["defense"], "mode": r["mode"], "clean": _pct(r["clean_acc"]),
+                     "attacks": {a: _pct(r.get(a)) for a in attack_columns}, "robust": _pct(r["robust_acc"]),
+                     "robust_sort": r["robust_acc"], "ci": f"{_pct(r['robust_acc_ci_low'])}–{_pct(r['robust_acc_ci_high'])}",
+                     "oblivious": _pct(r.get("oblivious_acc")), "n": int(r["n"]), "checks": r["checks"],
+                     "flagged": _flagged(r["checks"])})
+    columns = (["#", "model", "arch", "recipe", "defense", "attacked", "clean %"] + [f"{a} %" for a in attack_columns]
+               + ["worst case % (95% CI)", "oblivious %", "n", "masking checks"])
+    imported = [meta for _, meta, _ in store.artifacts("robustbench_entry")]
+    text = env.get_template("index.html.j2").render(
+        title=f"robustbench_lite leaderboard ({t['dataset'].iloc[0]}, eps {headline_eps})", dataset=t["dataset"].iloc[0],
+        norm="L-inf", eps=headline_eps, columns=columns, text_columns={"model", "arch", "recipe", "defense", "attacked",
+                                                                       "masking checks"},
+        attack_columns=attack_columns, rows=rows, images=images, imported=imported, version=__version__)
+    _atomic(out / "index.html", lambda p: Path(p).write_text(text, encoding="utf-8"))
+    written.append(out / "index.html")
+    written += _model_pages(store, out, env, cards)
+    return written
+
+
+def _model_pages(store: Store, out: Path, env: Any, cards: dict[str, Any]) -> list[Path]:
+    df = frame(store)
+    written = []
+    for model, g in df.groupby("model", sort=False):
+        cells = []
+        for _, c in g.sort_values(["defense", "mode", "eps", "n_attacks"]).iterrows():
+            failed = c.get("checks_failed") or ""
+            run = c.get("checks_run") or 0
+            checks = f"FAILED: {failed}" if failed else ("ok" if run else "not run")
+            config = store.config(c["key"])
+            cells.append({"defense": c["defense"], "mode": c["mode"], "attacks": c["attacks"], "eps": f"{c['eps']:g}",
+                          "n": int(c["n"]), "clean": _pct(c["clean_acc"]), "robust": _pct(c["robust_acc"]),
+                          "ci": f"{_pct(c['robust_acc_ci_low'])}–{_pct(c['robust_acc_ci_high'])}",
+                          "caught": _pct(c.get("caught")), "checks": checks, "flagged": bool(failed),
+                          "command": command(config) if config and "attacks" in config else "(combined from stored cells)"})
+        page = out / "models" / f"{slug(model)}.html"
+        plot(store, out / "models" / f"{slug(model)}.png", only=model)
+        card = cards.get(model)
+        card_items = [] if card is None else [(k, v) for k, v in (
+            ("arch", card.arch), ("dataset", card.dataset), ("recipe", card.recipe),
+            ("hyperparameters", json.dumps(card.hyperparameters)), ("seed", card.seed),
+            ("clean accuracy (10k test)", f"{card.clean_acc:.4f}"), ("train seconds", card.train_seconds),
+            ("training data sha256", card.data_sha256), ("weights sha256", card.weights_sha256),
+            ("created", card.created), ("versions", json.dumps(card.versions)), ("notes", "; ".join(card.notes) or "–"))]
+        images = [{"title": "Accuracy under attack vs eps", "src": f"{slug(model)}.png"}]
+        text = env.get_template("model.html.j2").render(title=f"{model}: robustbench_lite", model=model, card=card_items,
+                                                        cells=cells, images=images)
+        _atomic(page, lambda p, t=text: Path(p).write_text(t, encoding="utf-8"))
+        written += [page, out / "models" / f"{slug(model)}.png"]
+    return written
+
+
+# --- LaTeX ---------------------------------------------------------------------------------
+
+
+def latex(store: Store, headline_eps: float = 0.1) -> str:
+    """The ranked table as a booktabs ``tabular`` (needs ``\\usepackage{booktabs}``)."""
+    t = table(store, headline_eps)
+    if t.empty:
+        return "% no results in the store\n"
+
+    def esc(s: Any) -> str:
+        return re.sub(r"([&%$#_{}])", r"\\\1", str(s)).replace("~", r"\textasciitilde{}")
+
+    attack_columns = [c for c in t.columns if c not in _META]
+    head = ["\\#", "Model", "Defense", "Clean"] + [esc(a) for a in attack_columns] + ["Worst case (95\\% CI)", "Checks"]
+    lines = [f"% robustbench_lite {__version__}: L-inf eps = {headline_eps}, robust accuracy in %",
+             "\\begin{tabular}{l l l r " + "r " * len(attack_columns) + "r l}", "\\toprule", " & ".join(head) + " \\\\",
+             "\\midrule"]
+    for _, r in t.iterrows():
+        rank = "--" if r["rank"] is None or (isinstance(r["rank"], float) and math.isnan(r["rank"])) else str(int(r["rank"]))
+        defense = "--" if r["defense"] == "none" else esc(f"{r['defense']} [{r['mode']}]")
+        cells = [rank, f"\\texttt{{{esc(r['model'])}}}", defense, _pct(r["clean_acc"])]
+        cells += [_pct(r.get(a)).replace("–", "--") for a in attack_columns]
+        cells += [f"\\textbf{{{_pct(r['robust_acc'])}}} ({_pct(r['robust_acc_ci_low'])}--{_pct(r['robust_acc_ci_high'])})",
+                  "ok" if r["checks"] == "ok" else esc(r["checks"])]
+        lines.append(" & ".join(cells) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+# --- RobustBench model_info ----------------------------------------------------------------
+
+#: The keys of a RobustBench ``model_info/<dataset>/<threat>/<name>.json`` file.
+ROBUSTBENCH_KEYS = ("link", "name", "authors", "additional_data", "number_forward_passes", "dataset", "venue",
+                    "architecture", "eps", "clean_acc", "reported", "autoattack_acc", "unreliable", "footnote")
+
+
+def robustbench_entries(store: Store, headline_eps: float = 0.1) -> dict[str, dict[str, Any]]:
+    """Per ranked row, a RobustBench ``model_info`` dict. ``autoattack_acc`` holds our
+    per-example worst case over the listed attacks, which the footnote names; ``unreliable``
+    is set when a gradient-masking check failed."""
+    t = table(store, headline_eps)
+    out = {}
+    for _, r in t.iterrows():
+        if r["rank"] is None or (isinstance(r["rank"], float) and math.isnan(r["rank"])):
+            continue
+        name = r["model"] if r["defense"] == "none" else f"{r['model']} + {r['defense']}"
+        out[name] = {"link": "", "name": name, "authors": "", "additional_data": False, "number_forward_passes": 1,
+                     "dataset": r["dataset"], "venue": "robustbench_lite", "architecture": r["arch"],
+                     "eps": f"{headline_eps:g}", "clean_acc": f"{100 * r['clean_acc']:.2f}", "reported": "",
+                     "autoattack_acc": f"{100 * r['robust_acc']:.2f}", "unreliable": _flagged(r["checks"]),
+                     "footnote": f"robustbench_lite worst case over {r['worst_case_over']} on the first {int(r['n'])} "
+                                 f"test points ({r['mode'] if r['defense'] != 'none' else 'no defense'})"}
+    return out
+
+
+def write_robustbench(store: Store, out: Path, headline_eps: float = 0.1) -> list[Path]:
+    written = []
+    for name, info in robustbench_entries(store, headline_eps).items():
+        path = Path(out) / f"{slug(name)}.json"
+        text = json.dumps(info, indent=2) + "\n"
+        _atomic(path, lambda p, t=text: Path(p).write_text(t))
+        written.append(path)
+    return written
+
+
+def import_robustbench(store: Store, path: Path) -> str:
+    """Store a RobustBench ``model_info`` JSON as an imported entry (shown, never ranked: we did
+    not evaluate it). Returns the artifact key."""
+    path = Path(path)
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable RobustBench model_info JSON: {exc}") from exc
+    if not isinstance(info, dict):
+        raise ValueError(f"{path}: a RobustBench model_info file is one JSON object, got {type(info).__name__}")
+    missing = [k for k in ("name", "dataset", "eps", "clean_acc", "autoattack_acc") if k not in info]
+    if missing:
+        raise ValueError(f"{path}: RobustBench model_info lacks {', '.join(missing)}; expected keys: {', '.join(ROBUSTBENCH_KEYS)}")
+    for k in ("clean_acc", "autoattack_acc"):
+        try:
+            v = float(info[k])
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}: {k} must be a percentage, got {info[k]!r}") from None
+        if not 0 <= v <= 100:
+            raise ValueError(f"{path}: {k} must be a percentage in [0, 100], got {info[k]!r}")
+    meta = {k: info.get(k, "") for k in ROBUSTBENCH_KEYS} | {"model": str(info["name"]), "source_file": path.name}
+    return store.put_artifact("robustbench_entry", meta, {})
+
+
+__all__ = ["command", "import_robustbench", "latex", "robustbench_entries", "slug", "write_robustbench", "write_site"]

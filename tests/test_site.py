@@ -1,0 +1,132 @@
+"""The HTML leaderboard site, LaTeX and RobustBench model_info export/import, and the browser
+test: headless Chromium renders the page, sorts the table and loads every image."""
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from robustbench_lite.checks import CheckConfig
+from robustbench_lite.cli import main
+from robustbench_lite.engine import evaluate
+from robustbench_lite.store import Store
+from robustbench_lite.zoo import LoadedModel
+from reports import site
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+class _Rounded(torch.nn.Module):
+    """An undeclared quantising layer in front of the classifier: its gradient is zero."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(torch.round(x * 7) / 7)
+
+
+@pytest.fixture(scope="module")
+def published(trained, fmnist_test, tmp_path_factory):
+    out = tmp_path_factory.mktemp("site")
+    store = Store(out / "store.sqlite")
+    cfg = CheckConfig(n=30, steps=10, queries=200)
+    evaluate(trained, fmnist_test, ["fgsm", "pgd:steps=10"], [0.05, 0.1], n=100, store=store, checks=cfg)
+    masked = LoadedModel("smallcnn-rounded", _Rounded(trained.model), "fmnist", "0" * 64)
+    evaluate(masked, fmnist_test, ["pgd:steps=10"], [0.1], n=100, store=store, checks=cfg)
+    for mode in ("adaptive", "oblivious"):
+        evaluate(trained, fmnist_test, ["pgd:steps=10"], [0.1], n=100, store=store, defense=["jpeg"], mode=mode, checks=None)
+    written = site.write_site(store, out / "public")
+    yield store, out / "public", written
+    store.close()
+
+
+def test_site_has_a_ranked_index_and_a_page_per_model(published):
+    store, out, written = published
+    index = (out / "index.html").read_text()
+    assert index.startswith("<!doctype html>") and "http://" not in index and "https://" not in index  # self-contained
+    assert {p.name for p in (out / "models").glob("*.html")} == {"smallcnn-fmnist-standard.html", "smallcnn-rounded.html"}
+    # The masked model's row is flagged automatically.
+    row = re.search(r'<tr class="flagged[^"]*">(?:(?!</tr>).)*smallcnn-rounded(?:(?!</tr>).)*</tr>', index, re.S)
+    assert row and "potentially unreliable" in row.group(0) and "gradients" in row.group(0)
+    page = (out / "models" / "smallcnn-fmnist-standard.html").read_text()
+    assert "jpeg:quality=75" in page and "rbl eval --model smallcnn-fmnist-standard" in page and "95% CI" in page
+    for img in re.findall(r'<img src="([^"]+)"', index):
+        assert (out / img).is_file(), img
+
+
+def test_every_command_on_a_model_page_reproduces_its_number(published, capsys):
+    store, out, _ = published
+    page = (out / "models" / "smallcnn-fmnist-standard.html").read_text()
+    import html
+
+    commands = [html.unescape(c) for c in re.findall(r"<pre>(rbl eval [^<]+)</pre>", page)]
+    assert len(commands) == 4  # fgsm+pgd at eps 0.05 and 0.1, and jpeg adaptive and oblivious at 0.1
+    stored = {(r.defense, r.mode, r.eps): r.robust_acc for r in store.results() if r.model == "smallcnn-fmnist-standard"}
+    for cmd in commands:
+        args = shlex.split(cmd)[1:] + ["--json", "--no-store", "--no-checks"]
+        assert main(args) == 0, cmd
+        for line in capsys.readouterr().out.splitlines():
+            r = json.loads(line)
+            assert stored[(r["defense"], r["mode"], r["eps"])] == r["robust_acc"], cmd
+
+
+def test_latex_and_robustbench_round_trip(published, tmp_path, capsys):
+    store, _, _ = published
+    tex = site.latex(store)
+    assert "\\toprule" in tex and "\\bottomrule" in tex and "smallcnn-fmnist-standard" in tex and "pgd:steps=10" in tex
+    assert "\\_" not in "".join(re.findall(r"\\texttt\{([^}]*)\}", tex)).replace("\\_", "")
+    entries = site.write_robustbench(store, tmp_path / "rb")
+    info = json.loads(entries[0].read_text())
+    assert set(info) == set(site.ROBUSTBENCH_KEYS)
+    assert float(info["clean_acc"]) > float(info["autoattack_acc"])
+    flagged = [json.loads(p.read_text()) for p in entries if "rounded" in p.name]
+    assert flagged and flagged[0]["unreliable"] is True
+    with Store(tmp_path / "other.sqlite") as other:
+        site.import_robustbench(other, entries[0])
+        assert [m["name"] for _, m, _ in other.artifacts("robustbench_entry")] == [info["name"]]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"name": "x", "dataset": "cifar10", "eps": "8/255", "clean_acc": "91.2"}))
+    assert main(["leaderboard", "--import", str(bad), "--store", str(tmp_path / "o.sqlite")]) == 2
+    assert "lacks autoattack_acc" in capsys.readouterr().err
+    bad.write_text(json.dumps({"name": "x", "dataset": "cifar10", "eps": "8/255", "clean_acc": "191", "autoattack_acc": "50"}))
+    with pytest.raises(ValueError, match=r"clean_acc must be a percentage in \[0, 100\], got '191'"):
+        site.import_robustbench(store, bad)
+
+
+def test_html_needs_an_output_folder(capsys):
+    assert main(["leaderboard", "--format", "html"]) == 2
+    assert "give it --out DIR" in capsys.readouterr().err
+    assert main(["leaderboard", "--format", "pdf"]) == 2
+    assert "unknown format 'pdf'" in capsys.readouterr().err
+
+
+def _chromium(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium: `make test` installs it with scripts/get-chromium.sh where apt works")
+def test_browser_sorts_the_table_loads_the_images_and_takes_a_screenshot(published):
+    _, out, _ = published
+    url = (out / "index.html").as_uri()
+    default = _chromium("--virtual-time-budget=3000", "--dump-dom", url).stdout
+    assert re.search(r'<body data-images="(\d+)/\1">', default), "an image failed to load"
+    header = re.search(r"<thead><tr>(.*?)</tr></thead>", default, re.S).group(1)
+    col = [h for h in re.findall(r"<th[^>]*>(.*?)</th>", header)].index("worst case % (95% CI)")
+    robust = lambda dom: [float(v) for v in re.findall(r'<td data-sort="([0-9.e-]+)"><b>', dom)]  # noqa: E731
+    asc = robust(_chromium("--virtual-time-budget=3000", "--dump-dom", f"{url}#sort={col}-asc").stdout)
+    desc = robust(_chromium("--virtual-time-budget=3000", "--dump-dom", f"{url}#sort={col}").stdout)
+    assert len(set(asc)) >= 3, asc  # enough distinct values for the order to mean something
+    assert asc == sorted(asc) and desc == sorted(asc, reverse=True)
+    assert robust(default) != asc  # the page opens in rank order, not sorted by this column
+    shot = out / "leaderboard_screenshot.png"
+    _chromium("--window-size=1500,1000", f"--screenshot={shot}", url)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
