@@ -1,6 +1,17 @@
 """Defenses, one file each. Importing this package registers them in ``DEFENSES``."""
-from . import (bit_depth, defense_gan, feature_squeeze, gaussian_noise, jpeg, magnet, median, random_resize_pad,  # noqa: F401
-               safetynet, tv_min, vae_purify)
+from . import (  # noqa: F401
+               bit_depth,
+               defense_gan,
+               feature_squeeze,
+               gaussian_noise,
+               jpeg,
+               magnet,
+               median,
+               random_resize_pad,
+               safetynet,
+               tv_min,
+               vae_purify,
+)
 from .bit_depth import BitDepth
 from .defense_gan import DefenseGAN
 from .feature_squeeze import FeatureSqueeze

@@ -3,11 +3,13 @@
 identified in the store key by its weights' sha256."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from robustbench_lite import generative
+from robustbench_lite.defense import Defense
 from robustbench_lite.registry import DEFENSES
 
 
@@ -40,3 +42,19 @@ def config(defense: Any, source: str) -> dict[str, Any]:
 
     return {"defense": DEFENSES.name_of(type(defense)), **dataclasses.asdict(defense),
             "weights_sha256": generative.cached(source).weights_sha256}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reconstruct(Defense):
+    """x -> the named model's reconstruction of x (deterministic and differentiable)."""
+
+    model: str
+
+    def __post_init__(self) -> None:
+        check_source(DEFENSES.name_of(type(self)), self.model, "reconstruct")
+
+    def transform(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        return net(self.model, x).reconstruct(x)
+
+    def config(self) -> dict[str, Any]:
+        return config(self, self.model)

@@ -2,9 +2,8 @@
 Guo et al., 2018, arXiv:1711.00117 (after Dziugaite et al., 2016, arXiv:1608.00853)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import io
+from dataclasses import dataclass
 
 import numpy as np
 import torch

@@ -25,7 +25,7 @@ NORMS = ("l1", "l2")
 
 @DEFENSES.register("magnet_reformer", kind="purifier")
 @dataclass(frozen=True, kw_only=True)
-class MagnetReformer(Defense):
+class MagnetReformer(_purifier.Reconstruct):
     """MagNet's reformer: x -> AE(x). Deterministic and differentiable (full gradients in the
     adaptive mode, the identity under ``--mode bpda``).
 
@@ -34,15 +34,6 @@ class MagnetReformer(Defense):
     """
 
     model: str = "dae-fmnist"
-
-    def __post_init__(self) -> None:
-        _purifier.check_source("magnet_reformer", self.model, "reconstruct")
-
-    def transform(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        return _purifier.net(self.model, x).reconstruct(x)
-
-    def config(self) -> dict[str, Any]:
-        return _purifier.config(self, self.model)
 
 
 class _Scales(nn.Module):

@@ -4,11 +4,7 @@ the data manifold" (Song et al. 2018, arXiv:1710.10766)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-import torch
-
-from robustbench_lite.defense import Defense
 from robustbench_lite.registry import DEFENSES
 
 from . import _purifier
@@ -16,7 +12,7 @@ from . import _purifier
 
 @DEFENSES.register("vae_purify", kind="purifier")
 @dataclass(frozen=True, kw_only=True)
-class VAEPurify(Defense):
+class VAEPurify(_purifier.Reconstruct):
     """x -> decoder mean at the encoder mean, D(mu(E(x))): deterministic and differentiable, so
     the adaptive attack takes full gradients through the VAE (``--mode bpda`` takes the
     identity instead).
@@ -30,12 +26,3 @@ class VAEPurify(Defense):
     """
 
     model: str = "vae-fmnist"
-
-    def __post_init__(self) -> None:
-        _purifier.check_source("vae_purify", self.model, "reconstruct")
-
-    def transform(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        return _purifier.net(self.model, x).reconstruct(x)
-
-    def config(self) -> dict[str, Any]:
-        return _purifier.config(self, self.model)
