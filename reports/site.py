@@ -113,9 +113,18 @@ def write_site(store: Store, out: Path, headline_eps: float = 0.1) -> list[Path]
     return written
 
 
+#: The figures of reports/galleries.py, by the artifact kind they are drawn from.
+GALLERIES = {"universal": ("universal_perturbations.png", "adversarial_examples.png", "transfer_matrix.png"),
+             "fooling": ("fooling_images.png",), "transforms": ("destruction_rate.png",), "latent": ("latent_examples.png",)}
+
+
 def _model_pages(store: Store, out: Path, env: Any, cards: dict[str, Any]) -> list[Path]:
     df = frame(store)
     written = []
+    in_artifacts: dict[str, set[str]] = {}
+    for kind in GALLERIES:
+        for _, meta, _ in store.artifacts(kind):
+            in_artifacts.setdefault(str(meta.get("model")), set()).add(kind)
     for model, g in df.groupby("model", sort=False):
         cells = []
         for _, c in g.sort_values(["defense", "mode", "eps", "n_attacks"]).iterrows():
@@ -138,6 +147,11 @@ def _model_pages(store: Store, out: Path, env: Any, cards: dict[str, Any]) -> li
             ("training data sha256", card.data_sha256), ("weights sha256", card.weights_sha256),
             ("created", card.created), ("versions", json.dumps(card.versions)), ("notes", "; ".join(card.notes) or "–"))]
         images = [{"title": "Accuracy under attack vs eps", "src": f"{slug(model)}.png"}]
+        if card is not None and card.curves and (out / "training_curves.png").is_file():
+            images.append({"title": "Training curves (all zoo models of the leaderboard)", "src": "../training_curves.png"})
+        for kind in sorted(in_artifacts.get(model, ())):
+            images += [{"title": f.removesuffix(".png").replace("_", " ").capitalize(), "src": f"../experiments/{f}"}
+                       for f in GALLERIES[kind] if (out / "experiments" / f).is_file()]
         text = env.get_template("model.html.j2").render(title=f"{model}: robustbench_lite", model=model, card=card_items,
                                                         cells=cells, images=images)
         _atomic(page, lambda p, t=text: Path(p).write_text(t, encoding="utf-8"))
