@@ -11,6 +11,7 @@ from ..data import DATASETS
 from ..paths import cache_dir
 from ..registry import MODELS, RECIPES
 from .archs import Normalized, build
+from . import denoise  # noqa: F401  (registers the *_denoise architectures)
 from .checkpoint import CARD, WEIGHTS, CheckpointError, ModelCard, file_sha256, load_into, read_state, save
 
 
