@@ -109,10 +109,11 @@ def test_list_and_leaderboard(trained, store_path, capsys, tmp_path):
     rows = json.loads(capsys.readouterr().out)
     assert rows[0]["model"] == trained.name and rows[0]["n"] == 50
     assert main(["leaderboard", "--format", "xml", "--store", str(store_path)]) == 2
-    assert "unknown format 'xml'; allowed: md, csv, json" in capsys.readouterr().err
+    assert "unknown format 'xml'; allowed: md, csv, json, latex, robustbench, html" in capsys.readouterr().err
     assert main(["leaderboard", "--out", str(tmp_path / "rep"), "--store", str(store_path)]) == 0
     assert {p.name for p in (tmp_path / "rep").iterdir()} == {"leaderboard.md", "leaderboard.csv", "leaderboard.json",
-                                                              "accuracy_vs_eps.png", "training_curves.png"}
+                                                              "leaderboard.tex", "accuracy_vs_eps.png", "training_curves.png",
+                                                              "index.html", "models", "robustbench"}
 
 
 def test_train_command(tmp_path, capsys):
