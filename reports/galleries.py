@@ -223,7 +223,8 @@ def latent_gallery(store: Store, path: Path) -> Path | None:
         return None
     plt = _plt()
     cols = max(len(t["originals"]) for _, t in arts.values())
-    fig, axes = plt.subplots(3 * len(arts), cols, figsize=(1.2 * cols, 1.45 * 3 * len(arts)), squeeze=False)
+    fig, axes = plt.subplots(3 * len(arts), cols, figsize=(1.2 * cols, 1.7 * 3 * len(arts)), squeeze=False,
+                             gridspec_kw={"hspace": 0.9, "left": 0.02, "right": 0.98, "top": 0.95, "bottom": 0.01})
     for k, (model, (meta, t)) in enumerate(arts.items()):
         names = _classes(meta, 10)
         m = meta["metrics"]
@@ -235,10 +236,10 @@ def latent_gallery(store: Store, path: Path) -> Path | None:
                     ax.imshow(_image(t[key][c]), cmap="gray", vmin=0, vmax=1)
                     label = t["adversarial_labels"][c] if key == "adversarial" else t["labels"][c]
                     ax.set_title(names[int(label)], fontsize=7, color="crimson" if key == "adversarial" else "black")
-        rows[0][0].set_title(f"{model}: x (true label)", fontsize=7, loc="left")
-        rows[1][0].set_title("D(E(x))", fontsize=7, loc="left")
-        rows[2][0].set_title(f"misread decode, latent step <= {m['radius']} (success {m['success']:.0%})", fontsize=7, loc="left")
-    return _save(fig, path)
+        for row, label in zip(rows, (f"{model}: x (true label)", "D(E(x))",
+                                     f"misread decode, latent step <= {m['radius']} (success {m['success']:.0%})")):
+            row[0].text(0, 1.32, label, transform=row[0].transAxes, fontsize=8, fontweight="bold", va="bottom")
+    return _save(fig, path, tight=False)
 
 
 def unrestricted_table(store: Store, path: Path) -> Path | None:

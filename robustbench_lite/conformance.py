@@ -131,9 +131,10 @@ def attack_determinism(a: Any, model: nn.Module, x: torch.Tensor, y: torch.Tenso
 
 
 def attack_effect(a: Any, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat) -> str | None:
+    x_adv = a(model, x, y, threat, generator=torch.Generator().manual_seed(0))  # with autograd on, as callers run it
     with torch.no_grad():
         clean = float((model(x).argmax(1) == y).float().mean())
-        adv = float((model(a(model, x, y, threat, generator=torch.Generator().manual_seed(0))).argmax(1) == y).float().mean())
+        adv = float((model(x_adv).argmax(1) == y).float().mean())
     if adv >= clean - 0.05:
         return f"took accuracy only from {clean:.3f} to {adv:.3f} at {threat.norm} eps {threat.eps} (expected a drop > 0.05)"
     return None
