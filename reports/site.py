@@ -67,9 +67,10 @@ def _flagged(checks: str) -> bool:
     return checks.startswith("FAILED")
 
 
-def write_site(store: Store, out: Path, headline_eps: float = 0.1) -> list[Path]:
+def write_site(store: Store, out: Path, headline_eps: float = 0.1, plotted: bool = False) -> list[Path]:
     """index.html (ranked, sortable, flagged rows marked), models/<model>.html (card, every
-    cell with its CI, flags and reproducing command, the model's curves), and the figures."""
+    cell with its CI, flags and reproducing command, the model's curves), and the figures;
+    ``plotted``: accuracy_vs_eps.png and training_curves.png are already in ``out``."""
     from . import galleries
     from .curves import plot_training
 
@@ -80,10 +81,12 @@ def write_site(store: Store, out: Path, headline_eps: float = 0.1) -> list[Path]
     env = _env()
     written: list[Path] = []
     images = [{"title": "Accuracy under attack vs eps", "src": "accuracy_vs_eps.png"}]
-    written.append(plot(store, out / "accuracy_vs_eps.png"))
+    if not plotted:
+        written.append(plot(store, out / "accuracy_vs_eps.png"))
     cards = {name: zoo.load_card(name) for name in dict.fromkeys(t["model"]) if zoo.is_trained(name)}
     if any(c.curves for c in cards.values()):
-        written.append(plot_training(list(cards.values()), out / "training_curves.png"))
+        if not plotted:
+            written.append(plot_training(list(cards.values()), out / "training_curves.png"))
         images.append({"title": "Training curves", "src": "training_curves.png"})
     for p in galleries.write_all(store, out / "experiments"):
         written.append(p)

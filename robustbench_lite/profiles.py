@@ -113,6 +113,6 @@ def write_reports(store: Store, out: Path, headline_eps: float = HEADLINE_EPS) -
         leaderboard._atomic(Path(out) / "leaderboard.tex", lambda p: Path(p).write_text(tex))
         written.append(Path(out) / "leaderboard.tex")
         written += site.write_robustbench(store, Path(out) / "robustbench", headline_eps)
-        # The site draws the galleries itself, into its experiments/ folder.
-        return written + site.write_site(store, out, headline_eps)
+        # The site draws the galleries itself, into its experiments/ folder; write_all drew the plots.
+        return written + site.write_site(store, out, headline_eps, plotted=True)
     return written + galleries.write_all(store, out)

@@ -70,7 +70,7 @@ def test_profile_run_writes_cells_worst_case_and_reports(trained, tmp_path):
     curves = (tmp_path / "reports" / "training_curves.png").read_bytes()  # from the model card, beside the weights
     assert curves[:8] == b"\x89PNG\r\n\x1a\n" and "![training curves](training_curves.png)" in md
     # md, csv, json, two plots, LaTeX, one RobustBench entry, the site's index, its model page
-    # and that page's plot, and the site's own copies of the two plots.
+    # and that page's plot.
     assert {p.name for p in written} >= {"leaderboard.md", "leaderboard.tex", "index.html", f"{trained.name}.json",
                                          f"{trained.name}.html"}
     assert all(p.is_file() for p in written)
