@@ -87,9 +87,7 @@ class Latent(Attack):
         check_int("latent", "steps", self.steps, 1)
         check_positive("latent", "lr", self.lr)
         check_positive("latent", "radius", self.radius)
-        from defenses._purifier import check_source
-
-        check_source("latent", self.vae, "encode")
+        generative.require("latent", self.vae, "encode")
 
     def config(self) -> dict:
         return super().config() | {"vae_sha256": generative.cached(self.vae).weights_sha256}

@@ -13,22 +13,6 @@ from robustbench_lite.defense import Defense
 from robustbench_lite.registry import DEFENSES
 
 
-def check_source(owner: str, source: str, ability: str) -> None:
-    """Fail at construction, naming the value, when ``source`` is not a usable generative model."""
-    if not isinstance(source, str) or not source:
-        raise ValueError(f"{owner}: model must name a generative model (e.g. dae-fmnist) or a checkpoint folder, got {source!r}")
-    lg = generative.cached(source)
-    if ability not in lg.model.abilities:
-        raise ValueError(f"{owner}: model {source!r} is a {lg.card.kind}, which cannot {ability}; "
-                         f"allowed kinds: {', '.join(_kinds_with(ability))}")
-
-
-def _kinds_with(ability: str) -> list[str]:
-    from robustbench_lite.registry import GENERATIVE
-
-    return [n for n in GENERATIVE.names() if ability in GENERATIVE.get(n).obj.abilities]
-
-
 def net(source: str, x: torch.Tensor) -> generative.GenerativeModel:
     model = generative.cached(source).model
     model.check_input(x)
@@ -51,7 +35,7 @@ class Reconstruct(Defense):
     model: str
 
     def __post_init__(self) -> None:
-        check_source(DEFENSES.name_of(type(self)), self.model, "reconstruct")
+        generative.require(DEFENSES.name_of(type(self)), self.model, "reconstruct")
 
     def transform(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         return net(self.model, x).reconstruct(x)

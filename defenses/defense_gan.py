@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from robustbench_lite import generative
 from robustbench_lite.attack import check_int, check_positive
 from robustbench_lite.defense import Defense
 from robustbench_lite.registry import DEFENSES
@@ -47,7 +48,7 @@ class DefenseGAN(Defense):
         check_int("defense_gan", "steps", self.steps, 1)
         check_int("defense_gan", "restarts", self.restarts, 1)
         check_positive("defense_gan", "lr", self.lr)
-        _purifier.check_source("defense_gan", self.model, "sample")
+        generative.require("defense_gan", self.model, "sample")
 
     def transform(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         net = _purifier.net(self.model, x)

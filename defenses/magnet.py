@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustbench_lite import generative
 from robustbench_lite.defense import Composite, Defense
 from robustbench_lite.detector import Detector
 from robustbench_lite.registry import DEFENSES
@@ -72,7 +73,7 @@ class MagnetDetector(Detector):
         parts = self.norms.split("+") if isinstance(self.norms, str) else []
         if not parts or any(p not in NORMS for p in parts) or len(set(parts)) != len(parts):
             raise ValueError(f"magnet_detector: norms must be l1, l2 or l1+l2, got {self.norms!r}")
-        _purifier.check_source("magnet_detector", self.model, "reconstruct")
+        generative.require("magnet_detector", self.model, "reconstruct")
 
     def errors(self, x: torch.Tensor) -> torch.Tensor:
         """(N, len(norms)) reconstruction errors, differentiable in x."""

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import torch
 
 from attacks.latent import latent_search
-from defenses._purifier import check_source
 from robustbench_lite import generative
 from robustbench_lite.attack import check_int, check_positive, eval_mode
 from robustbench_lite.data import Split
@@ -52,7 +51,7 @@ class LatentUnrestricted(Experiment):
         check_int("latent", "steps", self.steps, 1)
         check_positive("latent", "lr", self.lr)
         check_int("latent", "n", self.n, 1)
-        check_source("latent", self.vae, "encode")
+        generative.require("latent", self.vae, "encode")
 
     def config(self) -> dict:
         return super().config() | {"vae_sha256": generative.cached(self.vae).weights_sha256}

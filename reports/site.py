@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from robustbench_lite import __version__, zoo
-from robustbench_lite.defense import spec_of
+from robustbench_lite.specs import render
 from robustbench_lite.store import Store
 
 from .leaderboard import _META, _atomic, frame, plot, table
@@ -36,22 +36,9 @@ def _env() -> Any:
 def command(config: dict[str, Any]) -> str:
     """The ``rbl eval`` line that recomputes a stored cell: every attack with its resolved
     hyperparameters, the defenses, the mode and the EOT/vote policy, eps, n, seed and norm."""
-    from robustbench_lite.specs import _value
-
-    def arg(v: Any) -> str:  # a string the spec parser would read as something else is quoted
-        return json.dumps(v) if isinstance(v, str) and _value(v) != v else str(v)
-
-    def spec(cfg: dict[str, Any], key: str) -> str:
-        cfg = dict(cfg)
-        name = cfg.pop(key)
-        if name == "fb":
-            opts = ",".join(f"{k}={arg(v)}" for k, v in cfg.get("options", ()))
-            return f"fb:{cfg['attack']}" + (f":{opts}" if opts else "")
-        return name + (":" + ",".join(f"{k}={arg(v)}" for k, v in cfg.items()) if cfg else "")
-
     parts = ["rbl eval", f"--model {config['model']}"]
-    parts += [f"--attack '{spec(a, 'attack')}'" for a in config["attacks"]]
-    parts += [f"--defense '{spec_of(d)}'" for d in config.get("defense", [])]
+    parts += [f"--attack '{render(a, 'attack')}'" for a in config["attacks"]]
+    parts += [f"--defense '{render(d, 'defense')}'" for d in config.get("defense", [])]
     if config.get("defense"):
         parts.append(f"--mode {config.get('mode', 'adaptive')}")
         if config.get("eot", 1) > 1:

@@ -50,11 +50,10 @@ class Defense(ABC):
 
 
 def spec_of(config: dict[str, Any]) -> str:
-    """``name:key=value,...`` of a defense's config, as a user would type it: the sha256 of a
-    model it loads identifies the cell in the store key, but is not an argument."""
-    cfg = {k: v for k, v in config.items() if not k.endswith("_sha256")}
-    name = cfg.pop("defense")
-    return name + (":" + ",".join(f"{k}={v}" for k, v in cfg.items()) if cfg else "")
+    """``name:key=value,...`` of a defense's config, as a user would type it."""
+    from .specs import render
+
+    return render(config, "defense")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -271,6 +271,19 @@ def evaluate(model: GenerativeModel, test: data_mod.Split, judge: Any, seed: int
     return out
 
 
+def require(owner: str, source: str, ability: str) -> None:
+    """Fail, naming ``owner`` and the value, unless ``source`` names a trained generative model
+    that can do ``ability`` (reconstruct, sample, encode, decode); used by the purifiers and
+    the latent attack at construction."""
+    if not isinstance(source, str) or not source:
+        raise ValueError(f"{owner}: model must name a generative model (e.g. dae-fmnist) or a checkpoint folder, got {source!r}")
+    lg = cached(source)
+    if ability not in lg.model.abilities:
+        kinds = [n for n in GENERATIVE.names() if ability in GENERATIVE.get(n).obj.abilities]
+        raise ValueError(f"{owner}: model {source!r} is a {lg.card.kind}, which cannot {ability}; "
+                         f"allowed kinds: {', '.join(kinds)}")
+
+
 def resolve(source: str) -> Path:
     """The checkpoint folder of a cache name (``vae-fmnist``) or of a folder/weights path."""
     path = Path(source)

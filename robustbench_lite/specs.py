@@ -3,6 +3,7 @@ or ``fb:LinfPGD:steps=40``."""
 from __future__ import annotations
 
 import ast
+import json
 from typing import Any, Sequence
 
 from .attack import Attack
@@ -36,6 +37,22 @@ def parse(spec: str) -> tuple[str, dict[str, Any]]:
             raise ValueError(f"bad argument {item!r} in spec {spec!r}; expected key=value")
         kw[key.strip()] = _value(val)
     return name, kw
+
+
+def render(config: dict[str, Any], key: str) -> str:
+    """The inverse of :func:`parse`: ``name:key=value,...`` from a method's config (the name
+    under ``key``), as a user would type it. A ``*_sha256`` entry identifies a model the method
+    loads in the store key but is not an argument, so it is left out; a string the parser
+    would read as something else (``none``, ``True``, ``3``) is quoted."""
+    def arg(v: Any) -> str:
+        return json.dumps(v) if isinstance(v, str) and _value(v) != v else str(v)
+
+    cfg = {k: v for k, v in config.items() if not k.endswith("_sha256")}
+    name = cfg.pop(key)
+    if name == "fb":
+        opts = ",".join(f"{k}={arg(v)}" for k, v in cfg.get("options", ()))
+        return f"fb:{cfg['attack']}" + (f":{opts}" if opts else "")
+    return name + (":" + ",".join(f"{k}={arg(v)}" for k, v in cfg.items()) if cfg else "")
 
 
 def create(registry: Any, spec: str) -> Any:
