@@ -11,22 +11,32 @@ import torch
 from torch import nn
 
 from robustbench_lite import generative
-from robustbench_lite.attack import Attack, check_int, check_positive, scores
+from robustbench_lite.attack import Attack, check_choice, check_int, check_positive, scores
 from robustbench_lite.registry import ATTACKS
 from robustbench_lite.threat import Threat
 
 from .advgan import _margin
 
 
+ANCHORS = ("x", "reconstruction")
+
+
 def latent_search(classifier: nn.Module, vae: generative.GenerativeModel, x: torch.Tensor, y: torch.Tensor, *,
-                  steps: int, lr: float, radius: float, threat: Threat | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Adam on r, z = E(x) + r with ||r||_2 <= radius, minimising the classifier's C&W margin
-    on the decoded image D(z), or with ``threat`` on x + clip(D(z) - x) (projected onto the
-    threat around x). Keeps, per point, the first candidate that fools, else the last.
+                  steps: int, lr: float, radius: float, threat: Threat | None, z0: torch.Tensor | None = None,
+                  anchor: str = "x") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Adam on r, z = z0 + r with ||r||_2 <= radius (z0 = E(x) unless given), minimising the
+    classifier's C&W margin on the decoded image D(z); with ``threat``, on that image projected
+    onto the threat around x: x + clip(D(z) - x) for ``anchor="x"``, or x + clip(D(z) - D(z0))
+    for ``anchor="reconstruction"`` (the latent step's change moved onto x, which matters when
+    D(z0) is far from x, as for a GAN's projection). Keeps, per point, the first candidate that
+    fools, else the last.
 
     Returns (images, latent distances ||r||_2, fooled)."""
+    if z0 is None:
+        with torch.no_grad():
+            z0 = vae.encode(x)
     with torch.no_grad():
-        z0 = vae.encode(x)
+        base = vae.decode(z0) if anchor == "reconstruction" else x
     r = torch.zeros_like(z0, requires_grad=True)
     opt = torch.optim.Adam([r], lr=lr)
     best = torch.empty_like(x)
@@ -35,7 +45,7 @@ def latent_search(classifier: nn.Module, vae: generative.GenerativeModel, x: tor
 
     def image(rr: torch.Tensor) -> torch.Tensor:
         d = vae.decode(z0 + rr)
-        return threat.project(d, x) if threat is not None else d
+        return threat.project(x + (d - base), x) if threat is not None else d
 
     for i in range(steps + 1):
         img = image(r)
@@ -57,47 +67,72 @@ def latent_search(classifier: nn.Module, vae: generative.GenerativeModel, x: tor
     return best, dist, fooled
 
 
-@ATTACKS.register("latent", example={"vae": "vae-fmnist", "steps": 30}, conformance_needs="generative_zoo")
+@ATTACKS.register("latent", example={"source": "vae-fmnist", "steps": 30}, conformance_needs="generative_zoo")
 @dataclass(frozen=True, kw_only=True)
 class Latent(Attack):
-    """The L-inf- (or L2-) projected latent attack: x_adv = x + clip(D(E(x) + r) - x) within
-    the threat, with r found by :func:`latent_search`. It competes with the other attacks
+    """The L-inf- (or L2-) projected latent attack: x_adv = x + clip(D(z0 + r) - x) within the
+    threat (``anchor=x``), or x + clip(D(z0 + r) - D(z0)) (``anchor=reconstruction``), with r
+    found by :func:`latent_search`. z0 is E(x) for a model with an encoder (a VAE) and
+    Defense-GAN's projection of x for one without (a GAN). It competes with the other attacks
     under the same budget and is ranked with them; the unrestricted version (the decoded
     image itself) is ``rbl experiment latent``, reported in its own table.
 
+    Against ``defense_gan`` this is the on-manifold attack of Athalye et al. 2018 (Section 5.3)
+    in its L-inf form: ``latent:source=gan-fmnist,anchor=reconstruction`` moves x along the
+    generator's range, where the projection follows it, and in adaptive mode the search sees
+    the real projection in its forward pass (BPDA, EOT).
+
     Args:
-        vae: a trained VAE (default ``vae-fmnist``; ``rbl train-generative --model vae``).
+        source: a trained generative model that can decode (default ``vae-fmnist``; ``gan-fmnist``
+            is inverted by projection; ``rbl train-generative --model vae|gan``).
         steps: Adam steps on r (default 100).
         lr: Adam's step size (default 0.05).
         radius: bound on ||r||_2 in latent space (default 3, about 3 prior standard deviations).
+        anchor: ``x`` (default) or ``reconstruction``, as above.
+        invert_steps, invert_restarts: the projection's L and R for a model without an encoder
+            (default 200 and 10, Defense-GAN's).
 
     Returns:
         x_adv with the shape, dtype and device of x.
 
     Example:
         >>> rbl eval --model smallcnn-fmnist-standard --attack latent --eps 0.1
+        >>> rbl eval --model smallcnn-fmnist-standard --defense defense_gan --attack latent:source=gan-fmnist,anchor=reconstruction --eps 0.1
     """
 
-    vae: str = "vae-fmnist"
+    source: str = "vae-fmnist"
     steps: int = 100
     lr: float = 0.05
     radius: float = 3.0
+    anchor: str = "x"
+    invert_steps: int = 200
+    invert_restarts: int = 10
 
     def __post_init__(self) -> None:
         check_int("latent", "steps", self.steps, 1)
         check_positive("latent", "lr", self.lr)
         check_positive("latent", "radius", self.radius)
-        generative.require("latent", self.vae, "encode")
+        check_choice("latent", "anchor", self.anchor, ANCHORS)
+        check_int("latent", "invert_steps", self.invert_steps, 1)
+        check_int("latent", "invert_restarts", self.invert_restarts, 1)
+        generative.require("latent", self.source, "decode")
 
     def config(self) -> dict:
-        return super().config() | {"vae_sha256": generative.cached(self.vae).weights_sha256}
+        return super().config() | {"source_sha256": generative.cached(self.source).weights_sha256}
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat,
             generator: torch.Generator | None) -> torch.Tensor:
         if threat.eps == 0:
             return x.clone()
-        vae = generative.cached(self.vae).model
-        vae.check_input(x)
-        out = torch.cat([latent_search(model, vae, xb, yb, steps=self.steps, lr=self.lr, radius=self.radius, threat=threat)[0]
-                         for xb, yb in zip(x.split(500), y.split(500), strict=True)])
-        return threat.project(out, x)
+        net = generative.cached(self.source).model
+        net.check_input(x)
+        out = []
+        for xb, yb in zip(x.split(500), y.split(500), strict=True):
+            if "encode" in net.abilities:
+                with torch.no_grad():
+                    z0 = net.encode(xb)
+            else:
+                z0 = generative.invert(net, xb, steps=self.invert_steps, restarts=self.invert_restarts, generator=generator)
+            out.append(latent_search(model, net, xb, yb, steps=self.steps, lr=self.lr, radius=self.radius, threat=threat,
+                                     z0=z0, anchor=self.anchor)[0])
+        return threat.project(torch.cat(out), x)

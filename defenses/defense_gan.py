@@ -21,8 +21,10 @@ from . import _purifier
 @DEFENSES.register("defense_gan", kind="purifier")
 @dataclass(frozen=True, kw_only=True)
 class DefenseGAN(Defense):
-    """Project onto a generator's range; declared non-differentiable (an inner optimisation:
-    BPDA with the identity) and random (the restarts: EOT, and a majority vote).
+    """Project onto a generator's range; declared non-differentiable (an inner optimisation)
+    and random (the restarts: EOT, and a majority vote). Its BPDA backward pass is the
+    projection's implicit gradient (:func:`generative.through_range`), not the identity;
+    ``--mode bpda`` still measures the identity.
 
     Args:
         model: a trained GAN (default ``gan-fmnist``; ``rbl train-generative --model gan``), or
@@ -52,22 +54,16 @@ class DefenseGAN(Defense):
 
     def transform(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         net = _purifier.net(self.model, x)
-        n, r = x.shape[0], self.restarts
-        target = x.detach().repeat(r, 1, 1, 1)
-        z = torch.randn(r * n, net.latent, generator=generator).to(x.device)
-        velocity = torch.zeros_like(z)
-        with torch.enable_grad():
-            for _ in range(self.steps):
-                z.requires_grad_(True)
-                loss = (net.decode(z) - target).pow(2).flatten(1).mean(1)
-                (g,) = torch.autograd.grad(loss.sum(), z)
-                velocity = 0.7 * velocity + g
-                z = (z.detach() - self.lr * velocity)
+        z = generative.invert(net, x, steps=self.steps, restarts=self.restarts, lr=self.lr, generator=generator)
         with torch.no_grad():
-            out = net.decode(z)
-            err = (out - target).pow(2).flatten(1).mean(1).view(r, n)
-            best = err.argmin(0)
-            return out.view(r, n, *x.shape[1:])[best, torch.arange(n)].to(x.dtype)
+            return net.decode(z).to(x.dtype)
+
+    def bpda(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        # The real projection forward; backward, the projector onto the generator's tangent space
+        # at z* (the projection's own gradient, by the implicit function theorem).
+        net = _purifier.net(self.model, x)
+        z = generative.invert(net, x.detach(), steps=self.steps, restarts=self.restarts, lr=self.lr, generator=generator)
+        return generative.through_range(net, z, x)
 
     def config(self) -> dict[str, Any]:
         return _purifier.config(self, self.model)

@@ -42,6 +42,14 @@ class Defense(ABC):
         """A differentiable stand-in for the backward pass of a non-differentiable step (BPDA)."""
         return x
 
+    def bpda(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """The real step in the forward pass and the gradient of :meth:`approximation` in the
+        backward pass. A defense whose best backward pass depends on the forward one (a
+        projection's tangent space at the point it found) overrides this instead."""
+        with torch.no_grad():
+            real = self.transform(x.detach(), generator)
+        return _StraightThrough.apply(self.approximation(x), real)
+
     def config(self) -> dict[str, Any]:
         return {"defense": DEFENSES.name_of(type(self)), **dataclasses.asdict(self)}
 
@@ -125,10 +133,10 @@ class Defended(nn.Module):
         for d in self.defenses:
             if d.differentiable and not self.bpda_all:
                 x = d.transform(x, self.generator)
+            elif self.bpda_all:  # the plain approximation, even where the defense knows better
+                x = Defense.bpda(d, x, self.generator)
             elif self.bpda:
-                with torch.no_grad():
-                    real = d.transform(x.detach(), self.generator)
-                x = _StraightThrough.apply(d.approximation(x), real)
+                x = d.bpda(x, self.generator)
             else:
                 # As deployed: whatever autograd makes of the step (zero or no gradient), which
                 # is what a naive white-box attack sees.

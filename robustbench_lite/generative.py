@@ -271,6 +271,51 @@ def evaluate(model: GenerativeModel, test: data_mod.Split, judge: Any, seed: int
     return out
 
 
+def invert(model: GenerativeModel, x: torch.Tensor, *, steps: int = 200, restarts: int = 10, lr: float = 10.0,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """z* = argmin_z ||D(z) - x||^2 (per-pixel mean), by ``steps`` of gradient descent with
+    momentum 0.7 from ``restarts`` standard-normal starts, the best start kept per image:
+    Defense-GAN's projection onto the decoder's range (Samangouei 2018), shared by the
+    ``defense_gan`` purifier and the ``latent`` attack on a model without an encoder."""
+    n, r = x.shape[0], restarts
+    target = x.detach().repeat(r, *([1] * (x.ndim - 1)))
+    z = torch.randn(r * n, model.latent, generator=generator).to(x.device)
+    velocity = torch.zeros_like(z)
+    with torch.enable_grad():
+        for _ in range(steps):
+            z.requires_grad_(True)
+            loss = (model.decode(z) - target).pow(2).flatten(1).mean(1)
+            (g,) = torch.autograd.grad(loss.sum(), z)
+            velocity = 0.7 * velocity + g
+            z = z.detach() - lr * velocity
+    with torch.no_grad():
+        err = (model.decode(z) - target).pow(2).flatten(1).mean(1).view(r, n)
+        return z.view(r, n, -1)[err.argmin(0), torch.arange(n)]
+
+
+def through_range(model: GenerativeModel, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """D(z) in the forward pass, for z = z*(x) a projection of x onto the decoder's range; in
+    the backward pass the gradient of that projection by the implicit function theorem, in its
+    Gauss-Newton form: dD(z*)/dx = J (J^T J)^-1 J^T, the orthogonal projector onto the range's
+    tangent space at z (J = dD/dz there, from one forward-mode pass per latent dimension).
+    The identity (plain BPDA) would keep the gradient's off-range part, which the projection
+    erases."""
+    z = z.detach()
+    n, k = z.shape
+
+    def flat(v: torch.Tensor) -> torch.Tensor:
+        return model.decode(v).flatten(1)
+
+    with torch.no_grad():
+        out = model.decode(z)
+        jac = torch.stack([torch.func.jvp(flat, (z,), (e.expand(n, k),))[1] for e in torch.eye(k, device=z.device)], 2)
+        jtj = jac.transpose(1, 2) @ jac
+        jtj = jtj + 1e-6 * jtj.diagonal(dim1=1, dim2=2).mean(1).view(n, 1, 1) * torch.eye(k, device=z.device)
+    delta = (x - x.detach()).flatten(1).to(jac.dtype)  # zero, carrying x's gradient
+    dz = torch.linalg.solve(jtj, (jac.transpose(1, 2) @ delta.unsqueeze(2)))
+    return (out.flatten(1) + (jac @ dz).squeeze(2)).view_as(out).to(x.dtype)
+
+
 def require(owner: str, source: str, ability: str) -> None:
     """Fail, naming ``owner`` and the value, unless ``source`` names a trained generative model
     that can do ``ability`` (reconstruct, sample, encode, decode); used by the purifiers and

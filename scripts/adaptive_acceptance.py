@@ -5,6 +5,7 @@
     python scripts/adaptive_acceptance.py strong   # PGD-50 vs the strong preset on smallcnn-fmnist-pgd_at
     python scripts/adaptive_acceptance.py purify   # magnet, vae_purify: oblivious vs adaptive vs bpda
     python scripts/adaptive_acceptance.py dgan     # defense_gan (reduced L and R, see the README)
+    python scripts/adaptive_acceptance.py dganprobe  # why defense_gan holds: reconstruction, on-range examples, smoothness
     python scripts/adaptive_acceptance.py gen      # advgan, gap vs PGD on standard and pgd_at; the latent experiment
 
 The purify, dgan and gen parts also need the generative models (rbl train-generative --model
@@ -80,10 +81,47 @@ elif part == "dgan":
     n = int(os.environ.get("N", 100))
     spec = os.environ.get("DGAN", "defense_gan:steps=50,restarts=4")
     eot, votes = int(os.environ.get("EOT", 4)), int(os.environ.get("VOTES", 3))
-    for mode in ["oblivious", "adaptive"]:
+    for mode in os.environ.get("MODES", "oblivious,adaptive").split(","):
         t = time.time()
         log("dgan", evaluate(lm, test, [os.environ.get("ATTACK", "pgd:steps=20")], [0.1], n=n, defense=[spec], mode=mode,
                              eot=eot, votes=votes, checks=None)[0], t)
+elif part == "dganprobe":
+    # Measurements behind the README's explanation of the Defense-GAN numbers.
+    import torch
+    from attacks.latent import latent_search
+    from robustbench_lite import generative
+    from robustbench_lite.attack import eval_mode
+    from robustbench_lite.defense import chain
+
+    torch.manual_seed(0)
+    lm = zoo.load("smallcnn-fmnist-standard")
+    n = int(os.environ.get("N", 100))
+    (dg,) = chain([os.environ.get("DGAN", "defense_gan:steps=50,restarts=4")])
+    net = generative.cached(dg.model).model
+    x, y = test.first(n).floats(), test.labels[:n]
+    t = time.time()
+    z0 = generative.invert(net, x, steps=dg.steps, restarts=dg.restarts, lr=dg.lr, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        rec = net.decode(z0)
+        acc_x, acc_rec = [float((lm.model(v).argmax(1) == y).float().mean()) for v in (x, rec)]
+    err = (rec - x).flatten(1)
+    # Athalye's existence argument: misread images on the generator's range near z*(x).
+    ok = lm.model(rec).argmax(1) == y
+    with eval_mode(lm.model):
+        adv, dist, fooled = latent_search(lm.model, net, x[ok], y[ok], steps=100, lr=0.05, radius=3.0, threat=None, z0=z0[ok])
+    move = (adv - rec[ok]).flatten(1)[fooled]
+    # Smoothness: the projection's finite difference against its linearisation (through_range).
+    v = torch.randn_like(x[:16]) ; g = lambda: torch.Generator().manual_seed(1)
+    fd = (dg.transform(x[:16] + 0.01 * v, g()) - dg.transform(x[:16] - 0.01 * v, g())) / 0.02
+    _, lin = torch.autograd.functional.jvp(lambda inp: dg.bpda(inp, g()), (x[:16],), (v,))
+    cos = torch.nn.functional.cosine_similarity(fd.flatten(1), lin.flatten(1))
+    row = dict(tag="dganprobe", defense=dg.spec(), n=n, acc_x=acc_x, acc_reconstruction=acc_rec,
+               recon_linf_median=float(err.abs().amax(1).median()), recon_rmse_median=float(err.pow(2).mean(1).sqrt().median()),
+               on_range_attacked=int(ok.sum()), on_range_fooled=float(fooled.float().mean()),
+               on_range_latent_median=float(dist[fooled].median()), on_range_linf_median=float(move.abs().amax(1).median()),
+               on_range_l2_median=float(move.norm(dim=1).median()), fd_vs_linear_cos_median=float(cos.median()),
+               seconds=round(time.time() - t, 1))
+    print(json.dumps(row), flush=True); out.write(json.dumps(row) + "\n"); out.flush()
 elif part == "gen":
     n = int(os.environ.get("N", 1000))
     for name in ["smallcnn-fmnist-standard", "smallcnn-fmnist-pgd_at"]:

@@ -202,3 +202,43 @@ def test_magnet_joint_attack_is_caught_less_than_the_oblivious_one(generative_zo
     assert oblivious.caught is not None and joint.caught is not None
     assert joint.robust_acc <= oblivious.robust_acc, (joint.robust_acc, oblivious.robust_acc)
     assert joint.caught <= oblivious.caught
+
+
+def test_defense_gan_backward_is_the_projector_onto_the_generators_tangent_space(generative_zoo, fmnist_test):
+    from robustbench_lite.defense import Defense, Defended
+
+    (dgan,) = chain(["defense_gan:steps=10,restarts=2"])
+    x = fmnist_test.first(4).floats().requires_grad_(True)
+    out = dgan.bpda(x, torch.Generator().manual_seed(0))
+    assert torch.equal(out.detach(), dgan.transform(x.detach(), torch.Generator().manual_seed(0)))
+
+    def back(u: torch.Tensor) -> torch.Tensor:
+        (g,) = torch.autograd.grad(out, x, u, retain_graph=True)
+        return g
+
+    u = torch.randn_like(x)
+    pu = back(u)
+    # An orthogonal projector of rank <= the latent size (32): idempotent, symmetric, shrinking.
+    assert torch.allclose(back(pu), pu, atol=1e-3 * pu.abs().max().item())
+    assert abs(float((pu * (u - pu)).sum())) < 1e-2 * float(u.pow(2).sum())
+    assert float(pu.norm()) < 0.5 * float(u.norm())
+    # --mode bpda keeps the identity, the plain approximation.
+    (g,) = torch.autograd.grad(Defense.bpda(dgan, x, None), x, u)
+    assert torch.equal(g, u)
+    surface = Defended(torch.nn.Flatten(), [dgan]).surface(1)
+    (g,) = torch.autograd.grad(surface(x), x, u.flatten(1))
+    assert not torch.allclose(g, u)
+
+
+def test_latent_attack_on_a_gan_moves_the_reconstruction_onto_x(generative_zoo, trained, fmnist_test):
+    from robustbench_lite import specs
+    from robustbench_lite.threat import Threat
+
+    x, y = fmnist_test.first(32).floats(), fmnist_test.labels[:32]
+    threat = Threat("linf", 0.1)
+    adv = specs.attack("latent:source=gan-fmnist,anchor=reconstruction,steps=20,invert_steps=20,invert_restarts=2")(
+        trained.model, x, y, threat)
+    assert (adv - x).abs().max() <= 0.1 + 1e-6
+    with torch.no_grad():
+        clean, fooled = (trained.model(x).argmax(1) == y), (trained.model(adv).argmax(1) != y)
+    assert (clean & fooled).sum() >= 3, (clean.sum(), (clean & fooled).sum())
