@@ -1,7 +1,8 @@
 """Figures of the experiments, drawn from stored artifacts only (never recomputed):
 universal perturbations, fooling images, clean + perturbation = adversarial, transfer
 heatmaps, destruction rate against transformation strength, and the generative models'
-reconstructions, samples and latent interpolations."""
+reconstructions, samples and latent interpolations, the robust/non-robust feature datasets,
+and feature maps around a denoising block."""
 from __future__ import annotations
 
 import math
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from robustbench_lite.data import DATASETS
 from robustbench_lite.store import Store
@@ -178,7 +180,9 @@ def write_all(store: Store, out: Path) -> list[Path]:
     figures = ((universal_gallery, "universal_perturbations.png"), (fooling_gallery, "fooling_images.png"),
                (examples_figure, "adversarial_examples.png"), (transfer_heatmaps, "transfer_matrix.png"),
                (destruction_plot, "destruction_rate.png"), (generative_gallery, "generative_models.png"),
-               (latent_gallery, "latent_examples.png"), (unrestricted_table, "unrestricted.md"))
+               (latent_gallery, "latent_examples.png"), (unrestricted_table, "unrestricted.md"),
+               (nonrobust_figure, "nonrobust_examples.png"), (nonrobust_table, "nonrobust.md"),
+               (feature_maps_figure, "feature_maps.png"))
     return [p for fn, name in figures if (p := fn(store, out / name)) is not None]
 
 
@@ -268,3 +272,115 @@ def unrestricted_table(store: Store, path: Path) -> Path | None:
     text = "\n".join(lines) + "\n"
     _atomic(path, lambda p: Path(p).write_text(text))
     return path
+
+
+def _pct(v: Any) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}"
+
+
+def _image_rows(fig_rows: Any, rows: list[tuple[str, Any, Any, bool]], names: list[str]) -> None:
+    """Fill rows of axes with images, a label over each (red when it is a new label) and the
+    row's title over its first image."""
+    for ax_row, (title, imgs, labels, new) in zip(fig_rows, rows):
+        for c, ax in enumerate(ax_row):
+            ax.axis("off")
+            if c < len(imgs):
+                ax.imshow(_image(imgs[c]), cmap="gray", vmin=0, vmax=1)
+                if labels is not None:
+                    ax.set_title(names[int(labels[c])], fontsize=7, color="crimson" if new else "black")
+        ax_row[0].text(0, 1.35, title, transform=ax_row[0].transAxes, fontsize=8, fontweight="bold", va="bottom")
+
+
+def nonrobust_figure(store: Store, path: Path) -> Path | None:
+    """Ilyas et al. 2019's datasets, one column per class: the original image and label, its
+    D_det version with the new label, and the D_R image with its start."""
+    arts = _latest(store, "nonrobust")
+    if not arts:
+        return None
+    meta, t = list(arts.values())[-1]
+    names = _classes(meta, 10)
+    m = meta["metrics"]
+    rows = [("training image x, label y", t["originals"], t["labels"], False),
+            (f"D_det: targeted PGD on {m['standard_model']}, relabeled t (in red): "
+             f"test accuracy of a model trained on it {_pct(m['sets']['deterministic']['clean_acc'])}%",
+             t["deterministic"], t["deterministic_labels"], True),
+            (f"D_rand: the same towards a random class: test accuracy {_pct(m['sets']['random']['clean_acc'])}%",
+             t["random"], t["random_labels"], True),
+            ("D_R start: a random other training image", t["starts"], None, False),
+            (f"D_R: matches {m['robust_model']}'s penultimate features of x, label y", t["robustified"], t["labels"], False)]
+    plt = _plt()
+    cols = len(t["originals"])
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.15 * cols, 1.75 * len(rows)), squeeze=False,
+                             gridspec_kw={"hspace": 1.0, "left": 0.02, "right": 0.98, "top": 0.93, "bottom": 0.01})
+    _image_rows(axes, rows, names)
+    return _save(fig, path, tight=False)
+
+
+def nonrobust_table(store: Store, path: Path) -> Path | None:
+    """The page of ``rbl experiment nonrobust``: what each set is, and the fresh models'
+    accuracies on the original test set, clean and under PGD, with 95% intervals."""
+    arts = _latest(store, "nonrobust")
+    if not arts:
+        return None
+    lines = ["# Robust and non-robust features (Ilyas et al. 2019)", "",
+             "A fresh model is trained on each set with the standard recipe and tested on the *original* test set. "
+             "From `rbl experiment nonrobust`.", "", "![examples](nonrobust_examples.png)", ""]
+    described = {"original": "the same training images, true labels",
+                 "deterministic": "targeted PGD towards t = y + 1, relabeled t (looks mislabeled)",
+                 "random": "targeted PGD towards a random t, relabeled t (looks mislabeled)",
+                 "robustified": "synthesized to match the robust model's penultimate features, label y"}
+    for _, (meta, _) in arts.items():
+        m, cfg = meta["metrics"], meta["config"]
+        lines += [f"Sets built from the first {m['n']} training images; D_det and D_rand: {m['det_attack']} on `{m['standard_model']}` "
+                  f"(read as t by it: {_pct(m['det_read_as_target'])}% of D_det, {_pct(m['rand_read_as_target'])}% of D_rand); D_R: {cfg['synth_steps']} Adam steps of "
+                  f"{cfg['synth_lr']} on `{m['robust_model']}`'s penultimate layer from a random {cfg['start']} (median "
+                  f"relative feature distance {m['robustified_feature_distance_median']:.3f}). Fresh `{cfg['arch']}`, "
+                  f"{cfg['epochs']} epochs. Scored by {m['eval']}.", "",
+                  f"| training set | what it is | test accuracy % (95% CI) | PGD accuracy % at {cfg['eval_eps']:g} (95% CI) | "
+                  "PGD accuracy % by eps |", "|---|---|---:|---:|---|"]
+        for name, v in m["sets"].items():
+            curve = ", ".join(f"{e}: {_pct(a)}" for e, a in v.get("robust_curve", {}).items())
+            lines.append(f"| {name} | {described.get(name, '')} | {_pct(v['clean_acc'])} ({_pct(v['clean_ci'][0])}–"
+                         f"{_pct(v['clean_ci'][1])}) | {_pct(v['robust_acc'])} ({_pct(v['robust_ci'][0])}–{_pct(v['robust_ci'][1])}) | "
+                         f"{curve} |")
+        lines.append("")
+    text = "\n".join(lines)
+    _atomic(path, lambda p: Path(p).write_text(text))
+    return path
+
+
+def feature_maps_figure(store: Store, path: Path) -> Path | None:
+    """Per denoising model, four test points: the image, its adversarial version, and one
+    channel of the feature map before and after the denoising block, clean and adversarial
+    (Xie et al. 2019, Figure 1), with the median relative feature noise in the title."""
+    arts = _latest(store, "feature_maps")
+    if not arts:
+        return None
+    plt = _plt()
+    keys = (("images", "clean image"), ("adversarial", "adversarial"), ("clean_before", "clean, before block"),
+            ("adv_before", "adversarial, before block"), ("clean_after", "clean, after block"),
+            ("adv_after", "adversarial, after block"))
+    points = max(len(t["images"]) for _, t in arts.values())
+    fig, axes = plt.subplots(points * len(arts), len(keys), figsize=(1.5 * len(keys), 1.6 * points * len(arts) + 0.6),
+                             squeeze=False, gridspec_kw={"hspace": 0.35, "wspace": 0.1, "left": 0.06, "right": 0.98,
+                                                         "top": 0.9, "bottom": 0.02})
+    for k, (model, (meta, t)) in enumerate(arts.items()):
+        m = meta["metrics"]
+        for p in range(len(t["images"])):
+            row = axes[k * points + p]
+            for ax, (key, what) in zip(row, keys):
+                img = t[key][p]
+                if key in ("images", "adversarial"):
+                    ax.imshow(_image(img), cmap="gray", vmin=0, vmax=1)
+                else:  # one channel; clean and adversarial maps of a stage share a colour scale
+                    stage = key.split("_")[1]
+                    pair = torch.stack([t[f"clean_{stage}"][p], t[f"adv_{stage}"][p]])
+                    ax.imshow(img.numpy(), cmap="viridis", vmin=float(pair.min()), vmax=float(pair.max()))
+                ax.set_xticks([]); ax.set_yticks([])
+                if p == 0:
+                    ax.set_title(what, fontsize=7)
+            row[0].set_ylabel(f"channel {int(t['channel'][p])}", fontsize=7)
+        axes[k * points][0].text(0, 1.45, f"{model} ({m['op']} block {m['block']}, PGD eps {m['eps']}): feature noise "
+                                 f"{m['feature_noise_before']:.2f} before, {m['feature_noise_after']:.2f} after",
+                                 transform=axes[k * points][0].transAxes, fontsize=8, fontweight="bold", va="bottom")
+    return _save(fig, path, tight=False)

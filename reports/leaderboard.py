@@ -215,7 +215,8 @@ def _atomic(path: Path, write: Any) -> None:
 
 def write_all(store: Store, out: Path, headline_eps: float = 0.1, cards: Sequence[ModelCard] = ()) -> list[Path]:
     """Write leaderboard.md, leaderboard.csv, leaderboard.json and accuracy_vs_eps.png into ``out``,
-    and training_curves.png when model cards with curves are given."""
+    twins.md when denoising models and their plain twins are in the store, and
+    training_curves.png when model cards with curves are given."""
     from .curves import plot_training
 
     out = Path(out)
@@ -228,6 +229,10 @@ def write_all(store: Store, out: Path, headline_eps: float = 0.1, cards: Sequenc
         _atomic(out / name, lambda p, t=text: Path(p).write_text(t))
         written.append(out / name)
     written.append(plot(store, out / "accuracy_vs_eps.png"))
+    from . import twins
+
+    if (p := twins.write(store, out / "twins.md", headline_eps)) is not None:
+        written.append(p)
     if curves:
         written.append(plot_training(cards, out / "training_curves.png"))
     return written

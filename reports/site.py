@@ -105,7 +105,8 @@ def write_site(store: Store, out: Path, headline_eps: float = 0.1, plotted: bool
 
 #: The figures of reports/galleries.py, by the artifact kind they are drawn from.
 GALLERIES = {"universal": ("universal_perturbations.png", "adversarial_examples.png", "transfer_matrix.png"),
-             "fooling": ("fooling_images.png",), "transforms": ("destruction_rate.png",), "latent": ("latent_examples.png",)}
+             "fooling": ("fooling_images.png",), "transforms": ("destruction_rate.png",), "latent": ("latent_examples.png",),
+             "feature_maps": ("feature_maps.png",)}
 
 
 def _model_pages(store: Store, out: Path, env: Any, cards: dict[str, Any]) -> list[Path]:

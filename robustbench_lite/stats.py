@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -32,3 +32,28 @@ def auc(negatives: "torch.Tensor", positives: "torch.Tensor") -> float | None:
         return None
     diff = positives.double()[:, None] - negatives.double()[None, :]
     return float(((diff > 0).double() + 0.5 * (diff == 0).double()).mean())
+
+
+def paired_difference(a: Any, b: Any, z: float = 1.959964) -> tuple[float, float, float]:
+    """p_a - p_b for two binary outcomes on the same points (two models' robustness on one test
+    subset), with Newcombe's 95% interval for paired proportions (Newcombe 1998, "Improved
+    confidence intervals for the difference between binomial proportions based on paired
+    data", method 10: Wilson intervals of each side combined with their correlation phi).
+
+    Returns (difference, low, high)."""
+    import numpy as np
+
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(f"a and b must be equal-length non-empty 1-d outcomes, got shapes {a.shape} and {b.shape}")
+    n = a.size
+    both, a_only, b_only, neither = (int(v) for v in ((a & b).sum(), (a & ~b).sum(), (~a & b).sum(), (~a & ~b).sum()))
+    p1, p2 = (both + a_only) / n, (both + b_only) / n
+    l1, u1 = wilson(both + a_only, n, z)
+    l2, u2 = wilson(both + b_only, n, z)
+    denom = math.sqrt((both + a_only) * (b_only + neither) * (both + b_only) * (a_only + neither))
+    phi = (both * neither - a_only * b_only) / denom if denom else 0.0
+    d = p1 - p2
+    low = d - math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
+    high = d + math.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2))
+    return d, max(-1.0, low), min(1.0, high)

@@ -75,7 +75,8 @@ class TrainConfig:
 
 
 def train(config: TrainConfig, *, out: Path | None = None, data_dir: str | None = None,
-          pretrained: str | None = None, progress: bool = False, resume: bool = True) -> zoo.ModelCard:
+          pretrained: str | None = None, progress: bool = False, resume: bool = True,
+          train_split: data_mod.Split | None = None) -> zoo.ModelCard:
     """Train ``config.arch`` on ``config.dataset`` with ``config.recipe`` and save a checkpoint.
 
     After every epoch the loop measures clean accuracy and PGD-10 accuracy (at the recipe's
@@ -90,13 +91,18 @@ def train(config: TrainConfig, *, out: Path | None = None, data_dir: str | None 
         pretrained: local weights file to initialise a timm architecture from.
         progress: show a progress bar with loss, clean and adversarial accuracy.
         resume: continue from ``out/resume.pt`` when one exists (False starts afresh).
+        train_split: train on these images and labels instead of the dataset's training split
+            (a synthesized set: ``rbl experiment nonrobust``); its sha256 is in the card.
 
     Returns:
         The saved :class:`~robustbench_lite.zoo.ModelCard`.
     """
     cfg = config.resolved()
     info = data_mod.DATASETS[cfg.dataset]
-    train_split = data_mod.load(cfg.dataset, "train", data_dir=data_dir)
+    if train_split is None:
+        train_split = data_mod.load(cfg.dataset, "train", data_dir=data_dir)
+    elif train_split.dataset != cfg.dataset:
+        raise ValueError(f"train_split is from {train_split.dataset!r}, the config's dataset is {cfg.dataset!r}")
     if cfg.train_subset:
         train_split = train_split.first(min(cfg.train_subset, len(train_split)))
     test_split = data_mod.load(cfg.dataset, "test", data_dir=data_dir)

@@ -39,9 +39,10 @@ class DenoiseBlock(nn.Module):
     def denoise(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
         if self.op == "nonlocal":
-            flat = x.flatten(2)  # (n, c, hw)
-            attn = torch.softmax(flat.transpose(1, 2) @ flat / c ** 0.5, dim=-1)  # (n, hw, hw)
-            return (flat @ attn.transpose(1, 2)).view(n, c, h, w)
+            # softmax(x^T x / sqrt(c)) x over the hw positions: attention with q = k = v = the
+            # feature vectors, whose fused kernel is 2-3x faster than matmul-softmax-matmul.
+            q = x.flatten(2).transpose(1, 2).unsqueeze(1)  # (n, 1, hw, c)
+            return F.scaled_dot_product_attention(q, q, q).squeeze(1).transpose(1, 2).reshape(n, c, h, w)
         if self.op == "mean":
             return F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
         patches = F.unfold(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3).view(n, c, 9, h, w)
@@ -66,8 +67,11 @@ _SMALLCNN = MODELS.get("smallcnn").meta
 
 @MODELS.register("smallcnn_denoise", family="small CNN", **{k: v for k, v in _SMALLCNN.items() if k != "family"})
 def smallcnn_denoise(info: DatasetInfo, op: str = "nonlocal", **_: Any) -> nn.Module:
-    """The small CNN with a denoising block after each convolution (16 and 32 channels)."""
-    return insert_after(smallcnn(info), {1: 16, 3: 32}, op)
+    """The small CNN with a denoising block after its last convolution stage (32 channels,
+    7x7 on 28x28 inputs), the stage the paper's blocks follow in every residual stage. A
+    block after the first stage (16 channels, 14x14) costs 10x that convolution on a CPU
+    (196 x 196 attention per image) and made pgd_at 8x slower than the twin; this one about 2x."""
+    return insert_after(smallcnn(info), {3: 32}, op)
 
 
 _RESNET = MODELS.get("resnet10t").meta
