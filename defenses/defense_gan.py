@@ -53,17 +53,19 @@ class DefenseGAN(Defense):
         generative.require("defense_gan", self.model, "sample")
 
     def transform(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        net = _purifier.net(self.model, x)
-        z = generative.invert(net, x, steps=self.steps, restarts=self.restarts, lr=self.lr, generator=generator)
+        net, z = self._project(x, generator)
         with torch.no_grad():
             return net.decode(z).to(x.dtype)
 
     def bpda(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         # The real projection forward; backward, the projector onto the generator's tangent space
         # at z* (the projection's own gradient, by the implicit function theorem).
-        net = _purifier.net(self.model, x)
-        z = generative.invert(net, x.detach(), steps=self.steps, restarts=self.restarts, lr=self.lr, generator=generator)
+        net, z = self._project(x.detach(), generator)
         return generative.through_range(net, z, x)
+
+    def _project(self, x: torch.Tensor, generator: torch.Generator | None) -> tuple[generative.GenerativeModel, torch.Tensor]:
+        net = _purifier.net(self.model, x)
+        return net, generative.invert(net, x, steps=self.steps, restarts=self.restarts, lr=self.lr, generator=generator)
 
     def config(self) -> dict[str, Any]:
         return _purifier.config(self, self.model)
