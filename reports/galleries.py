@@ -54,6 +54,23 @@ def _save(fig: Any, path: Path, top: float = 1.0, tight: bool = True) -> Path:
     return path
 
 
+def _pct(v: Any) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}"
+
+
+def _image_rows(fig_rows: Any, rows: list[tuple[str, Any, Any, bool]], names: list[str], title_y: float = 1.35) -> None:
+    """Fill rows of axes with images, a label over each (red when it is a new label) and the
+    row's title over its first image."""
+    for ax_row, (title, imgs, labels, new) in zip(fig_rows, rows):
+        for c, ax in enumerate(ax_row):
+            ax.axis("off")
+            if c < len(imgs):
+                ax.imshow(_image(imgs[c]), cmap="gray", vmin=0, vmax=1)
+                if labels is not None:
+                    ax.set_title(names[int(labels[c])], fontsize=7, color="crimson" if new else "black")
+        ax_row[0].text(0, title_y, title, transform=ax_row[0].transAxes, fontsize=8, fontweight="bold", va="bottom")
+
+
 def universal_gallery(store: Store, path: Path) -> Path | None:
     arts = _latest(store, "universal")
     if not arts:
@@ -232,17 +249,11 @@ def latent_gallery(store: Store, path: Path) -> Path | None:
     for k, (model, (meta, t)) in enumerate(arts.items()):
         names = _classes(meta, 10)
         m = meta["metrics"]
-        rows = axes[3 * k: 3 * k + 3]
-        for row, key in zip(rows, ("originals", "reconstructions", "adversarial")):
-            for c, ax in enumerate(row):
-                ax.axis("off")
-                if c < len(t[key]):
-                    ax.imshow(_image(t[key][c]), cmap="gray", vmin=0, vmax=1)
-                    label = t["adversarial_labels"][c] if key == "adversarial" else t["labels"][c]
-                    ax.set_title(names[int(label)], fontsize=7, color="crimson" if key == "adversarial" else "black")
-        for row, label in zip(rows, (f"{model}: x (true label)", "D(E(x))",
-                                     f"misread decode, latent step <= {m['radius']} (success {m['success']:.0%})")):
-            row[0].text(0, 1.32, label, transform=row[0].transAxes, fontsize=8, fontweight="bold", va="bottom")
+        _image_rows(axes[3 * k: 3 * k + 3], [
+            (f"{model}: x (true label)", t["originals"], t["labels"], False),
+            ("D(E(x))", t["reconstructions"], t["labels"], False),
+            (f"misread decode, latent step <= {m['radius']} (success {m['success']:.0%})", t["adversarial"],
+             t["adversarial_labels"], True)], names, title_y=1.32)
     return _save(fig, path, tight=False)
 
 
@@ -252,9 +263,6 @@ def unrestricted_table(store: Store, path: Path) -> Path | None:
     arts = _latest(store, "latent")
     if not arts:
         return None
-
-    def pct(v: Any) -> str:
-        return "n/a" if v is None else f"{100 * v:.1f}"
 
     def num(v: Any) -> str:
         return "n/a" if v is None else f"{v:.3f}"
@@ -266,29 +274,12 @@ def unrestricted_table(store: Store, path: Path) -> Path | None:
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for model, (meta, _) in arts.items():
         m = meta["metrics"]
-        lines.append(f"| {model} | {m['vae']} | {m['n']} | {pct(m['clean_acc'])} | {pct(m['acc_on_reconstructions'])} | "
-                     f"{m['radius']} | {pct(m['success'])} | {num(m['median_latent_distance'])} | {num(m['median_l2_to_x'])} | "
+        lines.append(f"| {model} | {m['vae']} | {m['n']} | {_pct(m['clean_acc'])} | {_pct(m['acc_on_reconstructions'])} | "
+                     f"{m['radius']} | {_pct(m['success'])} | {num(m['median_latent_distance'])} | {num(m['median_l2_to_x'])} | "
                      f"{num(m['median_linf_to_x'])} |")
     text = "\n".join(lines) + "\n"
     _atomic(path, lambda p: Path(p).write_text(text))
     return path
-
-
-def _pct(v: Any) -> str:
-    return "n/a" if v is None else f"{100 * v:.1f}"
-
-
-def _image_rows(fig_rows: Any, rows: list[tuple[str, Any, Any, bool]], names: list[str]) -> None:
-    """Fill rows of axes with images, a label over each (red when it is a new label) and the
-    row's title over its first image."""
-    for ax_row, (title, imgs, labels, new) in zip(fig_rows, rows):
-        for c, ax in enumerate(ax_row):
-            ax.axis("off")
-            if c < len(imgs):
-                ax.imshow(_image(imgs[c]), cmap="gray", vmin=0, vmax=1)
-                if labels is not None:
-                    ax.set_title(names[int(labels[c])], fontsize=7, color="crimson" if new else "black")
-        ax_row[0].text(0, 1.35, title, transform=ax_row[0].transAxes, fontsize=8, fontweight="bold", va="bottom")
 
 
 def nonrobust_figure(store: Store, path: Path) -> Path | None:
