@@ -5,6 +5,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -62,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, default=Path("reports"), help="report folder (default reports/)")
     r.add_argument("--models", nargs="+", metavar="GLOB", help="only the profile's models matching these globs")
     r.add_argument("--eps", type=_eps, nargs="+", help="evaluate at these eps instead of the profile's grid")
+    r.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="where the grid's cells run: in this process (default) or as Ray tasks (pip install 'robustbench_lite[ray]')")
+    r.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to join (default: $RAY_ADDRESS, else a private local Ray)")
+    r.add_argument("--cpus-per-task", type=_positive_int, default=1, help="CPUs each Ray task declares and uses (default 1)")
+    r.add_argument("--max-retries", type=int, default=3, help="reruns of a task whose Ray worker died (default 3)")
     common(r)
 
     t = sub.add_parser("train", help="train a zoo model")
@@ -77,7 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--schedule", help="learning-rate schedule: warmup_cosine or cyclic (default: the recipe's)")
     t.add_argument("--out", type=Path, help="checkpoint folder (default: the zoo cache entry)")
     t.add_argument("--no-resume", action="store_true", help="start afresh even if the folder holds a resume.pt")
+    t.add_argument("--nproc", type=_positive_int, default=1,
+                   help="data-parallel processes on this machine (torch DistributedDataParallel, gloo); "
+                        "for several machines launch `torchrun ... -m robustbench_lite.cli train ...` instead")
     t.add_argument("--data-dir")
+    plugin(t)
 
     g = sub.add_parser("train-generative", help="train a generative model (ae, dae, vae, gan) for purifiers and generator attacks")
     g.add_argument("--model", required=True, metavar="SPEC", help="kind[:key=value,...], e.g. vae:latent=16 or gan:loss=wgan-gp "
@@ -171,15 +181,33 @@ def _store(path: Path | None):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from . import profiles
+    from . import executors, profiles
 
     profile = profiles.get(args.profile).select(models=args.models, eps=args.eps)
+    executor = executors.make(args.executor, address=args.ray_address, cpus_per_task=args.cpus_per_task,
+                              max_retries=args.max_retries)
     start = time.perf_counter()
+
+    def stamp(text: str) -> None:
+        print(f"[{time.perf_counter() - start:6.0f}s] {text}", file=sys.stderr)
+
+    def on_progress(progress: executors.Progress, outcome: executors.Done | executors.Failed) -> None:
+        what = "done" if isinstance(outcome, executors.Done) else f"FAILED ({outcome.error})"
+        stamp(f"{outcome.task.label}: {what}; cells {progress}")
+
     with _store(args.store) as store:
-        results = profiles.run(profile, store, data_dir=args.data_dir, progress=sys.stderr.isatty(),
-                               on_model=lambda m: print(f"[{time.perf_counter() - start:6.0f}s] {m}", file=sys.stderr))
+        grid = profiles.run_grid(profile, store, data_dir=args.data_dir, progress=sys.stderr.isatty(),
+                                 on_model=lambda m: stamp(f"model {m}"), executor=executor, plugins=args.plugin,
+                                 on_progress=on_progress)
         written = profiles.write_reports(store, args.out)
-    print(f"{len(results)} cells in {time.perf_counter() - start:.0f}s; wrote " + ", ".join(map(str, written)))
+    print(f"{len(grid.results)} cells in {time.perf_counter() - start:.0f}s ({args.executor} executor); wrote "
+          + ", ".join(map(str, written)))
+    if grid.failures:
+        for f in grid.failures:
+            print(f"rbl: error: {f.task.label} failed after {f.attempts} attempt(s): {f.error}", file=sys.stderr)
+        print(f"rbl: error: {len(grid.failures)} task(s) failed; they are recorded in the store as failed, "
+              "not as results, and a rerun retries them", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -187,12 +215,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     from . import specs
     from .train import TrainConfig, train
 
+    if args.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return _torchrun(args.nproc, args.argv)
     recipe, recipe_kw = specs.parse(args.recipe)
     cfg = TrainConfig(arch=args.arch, dataset=args.dataset, recipe=recipe, recipe_kw=tuple(sorted(recipe_kw.items())),
                       epochs=args.epochs, lr=args.lr,
                       batch_size=args.batch_size, seed=args.seed, train_subset=args.train_subset, schedule=args.schedule)
-    card = train(cfg, out=args.out, data_dir=args.data_dir, pretrained=args.pretrained, progress=sys.stderr.isatty(),
-                 resume=not args.no_resume)
+    try:
+        card = train(cfg, out=args.out, data_dir=args.data_dir, pretrained=args.pretrained, progress=sys.stderr.isatty(),
+                     resume=not args.no_resume)
+    finally:
+        import torch.distributed as td
+
+        if td.is_available() and td.is_initialized():
+            td.destroy_process_group()
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # rank 0 reports
     last = card.curves[-1] if card.curves else {}
     print(f"{card.name}: clean accuracy {card.clean_acc:.4f}, PGD-10 accuracy (500 test points) "
           f"{last.get('pgd_acc_test', float('nan')):.4f} after {card.train_seconds:.0f}s "
@@ -200,6 +238,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     for note in card.notes:
         print(f"note: {note}")
     return 0
+
+
+def _torchrun(nproc: int, argv: Sequence[str]) -> int:
+    """``rbl train ... --nproc N``: the same command under torchrun, N processes on this machine."""
+    import subprocess
+
+    rest: list[str] = []
+    skip = False
+    for a in argv:
+        if not skip and a != "--nproc" and not a.startswith("--nproc="):
+            rest.append(a)
+        skip = a == "--nproc"
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "robustbench_lite.cli", *rest]
+    return subprocess.run(cmd, env=env, check=False).returncode
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -431,7 +485,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from .plugins import load_all
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     handlers = {"run": cmd_run, "train": cmd_train, "train-generative": cmd_train_generative, "eval": cmd_eval, "experiment": cmd_experiment,
                 "leaderboard": cmd_leaderboard, "list": cmd_list, "conformance": cmd_conformance,

@@ -234,43 +234,11 @@ def evaluate(
     Returns:
         One :class:`EvalResult` per eps, in the given order.
     """
-    eps_list = [eps] if isinstance(eps, (int, float)) else list(eps)
-    if not eps_list:
-        raise ValueError("eps must hold at least one value")
-    threats = [Threat(norm, float(e)) for e in eps_list]
-    attacks = specs.expand(attacks)
-    attack_objs = [specs.attack(a) for a in attacks]
-    if not attack_objs:
-        raise ValueError("attacks must hold at least one attack")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    defenses = chain(defense)
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; allowed: {', '.join(MODES)}")
-    check_int("evaluate", "eot", eot, 1)
-    check_int("evaluate", "votes", votes, 1)
-    subset = data.first(n) if n is not None else data
-    lm = _as_loaded(model, data.dataset)
-    if lm.dataset != data.dataset:
-        raise ValueError(f"model {lm.name} was built for {lm.dataset} but the data is {data.dataset}")
-    pre, detector = _split(defenses)
-    if any(d.stochastic for d in pre) and mode in ADAPTIVE_MODES:
-        attack_objs = [without_early_stop(a) for a in attack_objs]
-    attack_names = tuple(a if isinstance(a, str) else a.config()["attack"] for a in attacks)
-    base = {"model": lm.name, "weights_sha256": lm.weights_sha256, "dataset": data.dataset, "defense": [],
-            "attacks": [a.config() for a in attack_objs], "norm": norm, "n": len(subset),
-            "data_sha256": subset.sha256(), "seed": seed, "versions": versions()}
-    fitted = None
-    if defenses:
-        random_defense = any(d.stochastic for d in pre)
-        base |= {"defense": [d.config() for d in defenses], "mode": mode,
-                 "eot": eot if random_defense and mode in ADAPTIVE_MODES else 1,
-                 "predict": f"majority of {votes} passes" if random_defense else "one pass"}
-    if detector is not None:
-        calib = calibration if calibration is not None else data_mod.load(data.dataset, "train")
-        calib = calib.last(min(detector.calibration, len(calib)))
-        base["calibration_sha256"] = calib.sha256()
-        fitted = _fit(detector, lm, pre, calib, seed)
+    plan = _plan(model, data, attacks, eps, norm=norm, n=n, seed=seed, batch_size=batch_size, defense=defense,
+                 mode=mode, eot=eot, votes=votes, calibration=calibration)
+    lm, subset, threats, base, pre, detector = plan.lm, plan.subset, plan.threats, plan.base, plan.pre, plan.detector
+    attack_names, attack_objs, defenses = plan.attack_names, plan.attack_objs, pre + ((detector,) if detector else ())
+    fitted = _fit(detector, lm, pre, plan.calibration, seed) if detector is not None else None
     setup = _Setup(lm.model, pre, fitted, mode, eot, votes, batch_size)
     x = subset.floats()
     y = subset.labels
@@ -284,7 +252,7 @@ def evaluate(
     results = []
     bar = tqdm(total=len(threats) * len(attack_objs), desc=lm.name, disable=not progress, leave=False)
     for threat in threats:
-        config = {**base, "eps": threat.eps}
+        config = plan.config(threat)
         key = cell_key(config)
         cached = store.get(key) if store is not None else None
         if cached is not None:
@@ -336,6 +304,76 @@ def evaluate(
             for r in results:
                 store.set_checks(r.key, r.checks)
     return results
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What :func:`evaluate` will compute, checked and hashed before any attack runs."""
+
+    lm: LoadedModel
+    subset: Split
+    threats: tuple[Threat, ...]
+    attack_names: tuple[str, ...]
+    attack_objs: tuple[Attack, ...]
+    pre: tuple[Defense, ...]
+    detector: Detector | None
+    calibration: Split | None
+    base: dict[str, Any]
+
+    def config(self, threat: Threat) -> dict[str, Any]:
+        return {**self.base, "eps": threat.eps}
+
+
+def _plan(model: LoadedModel | nn.Module, data: Split, attacks: Sequence[str | Attack], eps: Sequence[float] | float, *,
+          norm: str, n: int | None, seed: int, batch_size: int, defense: Sequence[str | Defense], mode: str, eot: int,
+          votes: int, calibration: Split | None) -> _Plan:
+    eps_list = [eps] if isinstance(eps, (int, float)) else list(eps)
+    if not eps_list:
+        raise ValueError("eps must hold at least one value")
+    threats = tuple(Threat(norm, float(e)) for e in eps_list)
+    attacks = specs.expand(attacks)
+    attack_objs = [specs.attack(a) for a in attacks]
+    if not attack_objs:
+        raise ValueError("attacks must hold at least one attack")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    defenses = chain(defense)
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; allowed: {', '.join(MODES)}")
+    check_int("evaluate", "eot", eot, 1)
+    check_int("evaluate", "votes", votes, 1)
+    subset = data.first(n) if n is not None else data
+    lm = _as_loaded(model, data.dataset)
+    if lm.dataset != data.dataset:
+        raise ValueError(f"model {lm.name} was built for {lm.dataset} but the data is {data.dataset}")
+    pre, detector = _split(defenses)
+    if any(d.stochastic for d in pre) and mode in ADAPTIVE_MODES:
+        attack_objs = [without_early_stop(a) for a in attack_objs]
+    attack_names = tuple(a if isinstance(a, str) else a.config()["attack"] for a in attacks)
+    base = {"model": lm.name, "weights_sha256": lm.weights_sha256, "dataset": data.dataset, "defense": [],
+            "attacks": [a.config() for a in attack_objs], "norm": norm, "n": len(subset),
+            "data_sha256": subset.sha256(), "seed": seed, "versions": versions()}
+    if defenses:
+        random_defense = any(d.stochastic for d in pre)
+        base |= {"defense": [d.config() for d in defenses], "mode": mode,
+                 "eot": eot if random_defense and mode in ADAPTIVE_MODES else 1,
+                 "predict": f"majority of {votes} passes" if random_defense else "one pass"}
+    calib = None
+    if detector is not None:
+        calib = calibration if calibration is not None else data_mod.load(data.dataset, "train")
+        calib = calib.last(min(detector.calibration, len(calib)))
+        base["calibration_sha256"] = calib.sha256()
+    return _Plan(lm, subset, threats, attack_names, tuple(attack_objs), pre, detector, calib, base)
+
+
+def cell_keys(model: LoadedModel | nn.Module, data: Split, attacks: Sequence[str | Attack], eps: Sequence[float] | float, *,
+              norm: str = "linf", n: int | None = None, seed: int = 0, defense: Sequence[str | Defense] = (),
+              mode: str = "adaptive", eot: int = 20, votes: int = 10, calibration: Split | None = None) -> list[str]:
+    """The store keys :func:`evaluate` would give its cells, one per eps, computed without
+    attacking: a scheduler skips the cells already stored (same arguments, same meaning)."""
+    plan = _plan(model, data, attacks, eps, norm=norm, n=n, seed=seed, batch_size=1, defense=defense, mode=mode,
+                 eot=eot, votes=votes, calibration=calibration)
+    return [cell_key(plan.config(t)) for t in plan.threats]
 
 
 def _split(defenses: tuple[Defense | Detector, ...]) -> tuple[tuple[Defense, ...], Detector | None]:

@@ -10,10 +10,11 @@ from typing import Any, Callable, Sequence
 
 from . import data as data_mod
 from . import zoo
-from .checks import CheckConfig
-from .engine import EvalResult, combine, evaluate
+from .engine import EvalResult, cell_keys, combine
+from .executors import Executor, Failed, LocalExecutor, Plugin, Progress, Task, execute
 from .store import Store
 from .train import TrainConfig, train
+from .zoo import LoadedModel
 
 _log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ class Profile:
     n: int = 1000
     norm: str = "linf"
     dataset: str = "fmnist"
+    checks: bool = True  # run the gradient-masking checks (once per model, with the first attack)
 
     def select(self, models: Sequence[str] | None = None, eps: Sequence[float] | None = None) -> "Profile":
         """The same profile restricted to the models matching any of the ``models`` globs (in
@@ -72,12 +74,41 @@ def get(name: str) -> Profile:
     return PROFILES[name]
 
 
-def run(profile: Profile, store: Store, *, data_dir: str | None = None, progress: bool = False,
-        on_model: Callable[[str], Any] | None = None) -> list[EvalResult]:
-    """Train what is missing, evaluate every (model, attack, eps) cell, then the per-example
-    worst case over the attacks. Cells already in the store are read, not recomputed."""
+@dataclass(frozen=True)
+class Grid:
+    """What a profile run produced: every result (cells and worst cases) and every failed task."""
+
+    results: list[EvalResult]
+    failures: list[Failed]
+
+
+class GridError(RuntimeError):
+    """Some cells of a grid failed; the others are stored."""
+
+
+def tasks(profile: Profile, models: dict[str, LoadedModel], test: data_mod.Split) -> list[Task]:
+    """The grid as tasks: one per (model, attack), over every eps, with the store keys of its cells."""
+    out = []
+    for name in profile.models:
+        for i, attack in enumerate(profile.attacks):
+            keys = cell_keys(models[name], test, [attack], profile.eps, norm=profile.norm, n=profile.n)
+            # The masking checks describe the model, not an attack: one run, with the first attack.
+            out.append(Task(name, attack, profile.eps, profile.norm, profile.n, checks=profile.checks and i == 0, keys=tuple(keys)))
+    return out
+
+
+def run_grid(profile: Profile, store: Store, *, data_dir: str | None = None, progress: bool = False,
+             on_model: Callable[[str], Any] | None = None, executor: Executor | None = None,
+             plugins: Sequence[str | Path] = (), on_progress: Callable[[Progress, Any], Any] | None = None) -> Grid:
+    """Train what is missing (here, one model after another), evaluate every (model, attack, eps)
+    cell with ``executor`` (default: in this process), then store the per-example worst case
+    over the attacks. Cells already in the store are read, not recomputed; a (model, eps) with a
+    failed attack gets no worst case (it would overstate robustness)."""
+    from .plugins import load_all
+
+    load_all([str(p) for p in plugins])  # here, for planning and the local executor; shipped by content to Ray
     test = data_mod.load(profile.dataset, "test", data_dir=data_dir)
-    results: list[EvalResult] = []
+    models: dict[str, LoadedModel] = {}
     for name in profile.models:
         if on_model:
             on_model(name)
@@ -85,17 +116,31 @@ def run(profile: Profile, store: Store, *, data_dir: str | None = None, progress
         if not zoo.is_trained(name):
             _log.info("training %s", name)
             train(TrainConfig(arch=arch, dataset=dataset, recipe=recipe), data_dir=data_dir, progress=progress)
-        model = zoo.load(name)
-        # The masking checks describe the model, not an attack: one run, with the first attack.
-        per_attack = [evaluate(model, test, [a], profile.eps, norm=profile.norm, n=profile.n, store=store,
-                               progress=progress, checks=CheckConfig() if i == 0 else None)
-                      for i, a in enumerate(profile.attacks)]
-        for cells in zip(*per_attack, strict=True):
-            results += cells
-            worst = combine(cells)
-            store.put(worst, {"combined_from": sorted(c.key for c in cells)})
-            results.append(worst)
-    return results
+        models[name] = zoo.load(name)
+    grid = tasks(profile, models, test)
+    cells, failures = execute(grid, store, executor or LocalExecutor(), models, test,
+                              plugins=[Plugin.read(p) for p in plugins], on_progress=on_progress)
+    by_key = {r.key: r for r in cells}
+    results: list[EvalResult] = []
+    for name in profile.models:
+        columns = [t for t in grid if t.model == name]
+        for i in range(len(profile.eps)):
+            row = [by_key.get(t.keys[i]) for t in columns]
+            results += [r for r in row if r is not None]
+            if all(r is not None for r in row):
+                worst = combine(row)
+                store.put(worst, {"combined_from": sorted(c.key for c in row)})
+                results.append(worst)
+    return Grid(results, failures)
+
+
+def run(profile: Profile, store: Store, **kw: Any) -> list[EvalResult]:
+    """:func:`run_grid`'s results; raises :class:`GridError` naming the failed tasks, if any."""
+    grid = run_grid(profile, store, **kw)
+    if grid.failures:
+        raise GridError(f"{len(grid.failures)} task(s) failed: "
+                        + "; ".join(f"{f.task.label}: {f.error}" for f in grid.failures))
+    return grid.results
 
 
 def write_reports(store: Store, out: Path, headline_eps: float = HEADLINE_EPS) -> list[Path]:

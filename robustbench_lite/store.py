@@ -9,6 +9,7 @@ import hashlib
 import json
 import sqlite3
 from pathlib import Path
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,6 +33,13 @@ CREATE TABLE IF NOT EXISTS artifacts (
     created TEXT NOT NULL DEFAULT (datetime('now')),
     meta TEXT NOT NULL,
     tensors BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS failures (
+    key TEXT PRIMARY KEY,
+    created TEXT NOT NULL DEFAULT (datetime('now')),
+    task TEXT NOT NULL,
+    error TEXT NOT NULL,
+    attempts INTEGER NOT NULL
 )
 """
 
@@ -57,12 +65,31 @@ class Store:
         self.close()
 
     def put(self, result: EvalResult, config: dict[str, Any]) -> None:
-        row = result.to_record()
+        self.put_many([(result, config)])
+
+    def put_many(self, rows: Iterable[tuple[EvalResult, dict[str, Any]]]) -> None:
+        """Write cells in one transaction: all of them or, if the process dies, none."""
         with self._db:
-            self._db.execute(
+            self._db.executemany(
                 "INSERT OR IGNORE INTO results (key, config, row, robust) VALUES (?, ?, ?, ?)",
-                (result.key, json.dumps(config, sort_keys=True, default=str), json.dumps(row), np.packbits(np.concatenate([result.robust, result.robust_top5_mask])).tobytes()),
+                [(r.key, json.dumps(c, sort_keys=True, default=str), json.dumps(r.to_record()),
+                  np.packbits(np.concatenate([r.robust, r.robust_top5_mask])).tobytes()) for r, c in rows],
             )
+
+    def put_failures(self, keys: Iterable[str], task: str, error: str, attempts: int) -> None:
+        """Record cells that could not be computed (never as results); a rerun retries them."""
+        with self._db:
+            self._db.executemany("INSERT OR REPLACE INTO failures (key, task, error, attempts) VALUES (?, ?, ?, ?)",
+                                 [(k, task, error, attempts) for k in keys])
+
+    def clear_failures(self, keys: Iterable[str]) -> None:
+        with self._db:
+            self._db.executemany("DELETE FROM failures WHERE key = ?", [(k,) for k in keys])
+
+    def failures(self) -> list[dict[str, Any]]:
+        """The cells recorded as failed: key, task, error, attempts, created."""
+        cur = self._db.execute("SELECT key, task, error, attempts, created FROM failures ORDER BY created, key")
+        return [dict(zip(("key", "task", "error", "attempts", "created"), r)) for r in cur.fetchall()]
 
     def set_checks(self, key: str, checks: "tuple[Any, ...]") -> None:
         """Attach gradient-masking verdicts to a stored cell (they never change its numbers)."""

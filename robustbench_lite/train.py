@@ -112,9 +112,15 @@ def train(config: TrainConfig, *, out: Path | None = None, data_dir: str | None 
     out = Path(out or zoo.checkpoint_dir(name))
     identity = _identity(cfg, recipe, train_split, pretrained)
 
+    dist = Distributed.from_env()
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
+    # Seed policy: every rank draws the data order from the same seed (so the ranks agree on
+    # each global batch); a recipe's own randomness (random starts, ...) comes from a per-rank
+    # stream. A single process keeps one stream for both, as it always has.
+    rgen = gen if dist.world == 1 else torch.Generator().manual_seed(cfg.seed + 1_000_003 * dist.rank)
     model = zoo.build(cfg.arch, info, pretrained=pretrained)
+    net = dist.wrap(model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_split) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, SCHEDULES[cfg.schedule or recipe.schedule](cfg.epochs * steps_per_epoch))
@@ -131,22 +137,27 @@ def train(config: TrainConfig, *, out: Path | None = None, data_dir: str | None 
         perm = torch.randperm(len(train_split), generator=gen)
         sums = {"loss": 0.0, "clean": 0, "clean_n": 0, "adv": 0, "adv_n": 0, "n": 0}
         bar = tqdm(perm.split(cfg.batch_size), desc=f"{name} epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not progress, leave=False)
+                   disable=not progress or dist.rank != 0, leave=False)
         for i, idx in enumerate(bar):
-            x, y = x_all[idx], y_all[idx]
-            step = recipe.loss(model, x, y, gen, (epoch + i / steps_per_epoch) / cfg.epochs)
+            shard, share = dist.shard(idx)
+            x, y = x_all[shard], y_all[shard]
+            step = recipe.loss(net, x, y, rgen, (epoch + i / steps_per_epoch) / cfg.epochs)
             if not torch.isfinite(step.loss):
                 raise FloatingPointError(f"training loss became {step.loss.item()} at epoch {epoch + 1}; lower --lr")
             opt.zero_grad(set_to_none=True)
-            step.loss.backward()
+            # DDP averages the ranks' gradients; weighting each rank's mean by its share of the
+            # global batch makes that average the gradient of the global batch's mean loss.
+            (step.loss * dist.weight(share, len(idx))).backward()
             opt.step()
             sched.step()
-            _accumulate(sums, step, y)
+            if share:
+                _accumulate(sums, step, y)
             bar.set_postfix(_postfix(sums), refresh=False)
+        sums = dist.sum(sums)
         running = {"train_acc": _ratio(sums, "clean"), "train_adv_acc": _ratio(sums, "adv")}
         row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "loss": sums["loss"] / sums["n"],
                **{k: v for k, v in running.items() if v is not None},
-               "seconds": round(time.perf_counter() - epoch_start, 2), **monitor(model)}
+               "seconds": round(time.perf_counter() - epoch_start, 2), **dist.from_rank0(lambda: monitor(model))}
         state.curves.append(row)
         _log.info("%s epoch %d: %s", name, epoch + 1, ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
         if state.best is None or row["pgd_acc_train"] > state.best[1]:
@@ -159,19 +170,28 @@ def train(config: TrainConfig, *, out: Path | None = None, data_dir: str | None 
             model.load_state_dict(state.best[2])
             break
         state.seconds = time.perf_counter() - start
-        _save_resume(out / RESUME, identity, state, model, opt, sched, gen)
+        if dist.rank == 0:
+            _save_resume(out / RESUME, identity, state, model, opt, sched, gen)
     model.eval()
-    clean = _accuracy(model, test_split)
     hyper = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("arch", "dataset", "recipe", "seed", "recipe_kw")}
     hyper |= {"optimizer": "AdamW", "schedule": cfg.schedule or recipe.schedule, "recipe": recipe.config()}
     if pretrained:
         hyper["pretrained"] = os.path.basename(str(pretrained))
+    if dist.world > 1:
+        hyper["distributed"] = dist.describe(model)
+    if dist.rank != 0:  # rank 0 alone writes the checkpoint; the others return its card
+        dist.barrier()
+        return zoo.ModelCard.from_json(out / zoo.CARD)
+    clean = _accuracy(model, test_split)
     card = zoo.ModelCard(
         name=name, arch=cfg.arch, dataset=cfg.dataset, recipe=cfg.recipe, hyperparameters=hyper, seed=cfg.seed,
         data_sha256=train_split.sha256(), clean_acc=clean, created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         versions=versions(), train_seconds=round(time.perf_counter() - start, 2), curves=state.curves, notes=state.notes,
     )
-    return zoo.save(model, card, out)  # replaces the folder, resume.pt included
+    try:
+        return zoo.save(model, card, out)  # replaces the folder, resume.pt included
+    finally:
+        dist.barrier()
 
 
 RESUME = "resume.pt"
@@ -311,3 +331,91 @@ def _accuracy(model: torch.nn.Module, split: data_mod.Split) -> float:
 
 def _accuracy_of(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return float((predict(model, x).argmax(1) == y).float().mean())
+
+
+@dataclasses.dataclass(frozen=True)
+class Distributed:
+    """This process's place in a data-parallel training run (``rbl train --nproc N`` or
+    ``torchrun``): rank 0 of 1 when not distributed, and then every method is a no-op.
+
+    Each global batch (the same ``batch_size`` as a single process) is split into contiguous
+    per-rank shards; DistributedDataParallel averages the gradients, so N processes take the
+    same steps as one process would, up to floating-point summation order. A model with
+    batch norm normalizes each shard with its own statistics on CPU (SyncBatchNorm needs GPUs).
+    """
+
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def from_env(cls) -> "Distributed":
+        """Join the process group torchrun describes in the environment (gloo: the training
+        loop runs on CPU), or the one the caller already initialized."""
+        import torch.distributed as td
+
+        if td.is_available() and td.is_initialized():
+            return cls(td.get_rank(), td.get_world_size())
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return cls()
+        if not td.is_available():
+            raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+        td.init_process_group(backend="gloo")
+        return cls(td.get_rank(), td.get_world_size())
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        if self.world == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model)
+
+    def shard(self, idx: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """This rank's part of a global batch and how many of its points count. A rank left
+        without points (a last batch smaller than the world) runs one point at weight 0, so
+        that every rank still joins the gradient all-reduce."""
+        if self.world == 1:
+            return idx, len(idx)
+        part = idx.tensor_split(self.world)[self.rank]
+        return (part, len(part)) if len(part) else (idx[:1], 0)
+
+    def weight(self, local: int, total: int) -> float:
+        return self.world * local / total
+
+    def sum(self, sums: dict[str, float]) -> dict[str, float]:
+        if self.world == 1:
+            return sums
+        import torch.distributed as td
+
+        keys = sorted(sums)
+        t = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64)
+        td.all_reduce(t)
+        return dict(zip(keys, t.tolist()))
+
+    def from_rank0(self, fn: Any) -> Any:
+        """``fn()`` computed on rank 0 only and sent to every rank (the per-epoch monitor)."""
+        if self.world == 1:
+            return fn()
+        import torch.distributed as td
+
+        box = [fn() if self.rank == 0 else None]
+        td.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as td
+
+            td.barrier()
+
+    def describe(self, model: torch.nn.Module) -> dict[str, Any]:
+        """The run's layout for the model card, after checking that every rank ended with the
+        same weights (DDP keeps them in step; a divergence would be a bug worth stopping on)."""
+        import torch.distributed as td
+
+        from .engine import _state_sha256
+
+        digests: list[Any] = [None] * self.world
+        td.all_gather_object(digests, _state_sha256(model))
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"the {self.world} ranks ended with different weights: {digests}")
+        return {"world_size": self.world, "backend": td.get_backend(), "rank_weights_sha256": digests}
