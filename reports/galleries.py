@@ -298,7 +298,7 @@ def nonrobust_figure(store: Store, path: Path) -> Path | None:
             (f"D_rand: the same towards a random class: test accuracy {_pct(m['sets']['random']['clean_acc'])}%",
              t["random"], t["random_labels"], True),
             ("D_R start: a random other training image", t["starts"], None, False),
-            (f"D_R: matches {m['robust_model']}'s penultimate features of x, label y", t["robustified"], t["labels"], False)]
+            (f"D_R: matches {m['robust_model']}'s features of x, label y", t["robustified"], t["labels"], False)]
     plt = _plt()
     cols = len(t["originals"])
     fig, axes = plt.subplots(len(rows), cols, figsize=(1.15 * cols, 1.75 * len(rows)), squeeze=False,
@@ -319,12 +319,17 @@ def nonrobust_table(store: Store, path: Path) -> Path | None:
     described = {"original": "the same training images, true labels",  # also the row order
                  "deterministic": "targeted PGD towards t = y + 1, relabeled t (looks mislabeled)",
                  "random": "targeted PGD towards a random t, relabeled t (looks mislabeled)",
-                 "robustified": "synthesized to match the robust model's penultimate features, label y"}
+                 "robustified": "synthesized to match the robust model's features, label y"}
     for _, (meta, _) in arts.items():
         m, cfg = meta["metrics"], meta["config"]
         lines += [f"Sets built from the first {m['n']} training images; D_det and D_rand: {m['det_attack']} on `{m['standard_model']}` "
-                  f"(read as t by it: {_pct(m['det_read_as_target'])}% of D_det, {_pct(m['rand_read_as_target'])}% of D_rand); D_R: {cfg['synth_steps']} Adam steps of "
-                  f"{cfg['synth_lr']} on `{m['robust_model']}`'s penultimate layer from a random {cfg['start']} (median "
+                  f"(read as t by it: {_pct(m['det_read_as_target'])}% of D_det, {_pct(m['rand_read_as_target'])}% of D_rand"
+                  + (f"; `{m['robust_model']}` still reads {_pct(m['det_robust_reads_original'])}% of D_det as the original "
+                     f"class y and {_pct(m['det_robust_reads_target'])}% as t; median distance {m['det_distance_median']:.3g}"
+                     if "det_robust_reads_original" in m else "")
+                  + f"); D_R: {cfg['synth_steps']} Adam steps of {cfg['synth_lr']}"
+                  + (f" with total-variation weight {cfg['tv']:g}" if cfg.get("tv") else "")
+                  + f" on `{m['robust_model']}`'s {cfg.get('layer', 'penultimate')} representation from a random {cfg['start']} (median "
                   f"relative feature distance {m['robustified_feature_distance_median']:.3f}). Fresh `{cfg['arch']}`, "
                   f"{cfg['epochs']} epochs. Scored by {m['eval']}.", "",
                   f"| training set | what it is | test accuracy % (95% CI) | PGD accuracy % at {cfg['eval_eps']:g} (95% CI) | "

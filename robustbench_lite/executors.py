@@ -174,6 +174,14 @@ class LocalExecutor(Executor):
             yield outcome
 
 
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError as exc:
+        raise ValueError("the ray executor needs Ray, which is not installed: pip install 'robustbench_lite[ray]'") from exc
+    return ray
+
+
 def _ray_task(task: Task, model: LoadedModel, test: Split, plugins: Sequence[Plugin], threads: int) -> Done:
     import torch
 
@@ -204,16 +212,14 @@ class RayExecutor(Executor):
     name = "ray"
 
     def __post_init__(self) -> None:
+        _import_ray()
         check_int("ray executor", "cpus_per_task", self.cpus_per_task, 1)
         check_int("ray executor", "max_retries", self.max_retries, 0)
         if not isinstance(self.gpus_per_task, (int, float)) or self.gpus_per_task < 0:
             raise ValueError(f"ray executor: gpus_per_task must be >= 0, got {self.gpus_per_task!r}")
 
     def _ray(self) -> Any:
-        try:
-            import ray
-        except ImportError as exc:
-            raise RuntimeError("the ray executor needs Ray: pip install 'robustbench_lite[ray]'") from exc
+        ray = _import_ray()
         if not ray.is_initialized():
             ray.init(address=self.address, include_dashboard=False, logging_level=logging.WARNING,
                      log_to_driver=False, **self.init)

@@ -12,7 +12,7 @@ from robustbench_lite.experiment import execute
 from robustbench_lite.registry import EXPERIMENTS
 from robustbench_lite.store import Store
 
-from experiments.nonrobust import penultimate, robustify
+from experiments.nonrobust import representation, robustify
 
 TINY = dict(n=1000, steps=20, synth_steps=15, epochs=2, eval_n=100, eval_steps=3)
 
@@ -52,9 +52,11 @@ def test_robustify_moves_the_representation_towards_the_goal(trained, fmnist_tes
     x = fmnist_test.first(32).floats()
     start = x.roll(1, dims=0)
     with torch.no_grad():
-        before = ((penultimate(trained.model, start) - penultimate(trained.model, x)).norm(dim=1)
-                  / penultimate(trained.model, x).norm(dim=1))
-    out, rel = robustify(trained.model, x, start, steps=40, lr=0.1)
+        goal = representation(trained.model, x, "head")
+        before = (representation(trained.model, start, "head") - goal).norm(dim=1) / goal.norm(dim=1)
+    assert goal.shape == (32, 32 * 7 * 7)  # the small CNN's trunk output, not its 100-unit bottleneck
+    assert representation(trained.model, x).shape == (32, 100)
+    out, rel = robustify(trained.model, x, start, steps=40, lr=0.1, tv=0.3, layer="head")
     assert out.min() >= 0 and out.max() <= 1
     assert float(rel.median()) < 0.6 * float(before.median()), (rel.median(), before.median())
 

@@ -156,3 +156,15 @@ def test_executor_arguments_are_checked():
         executors.make("local", address="10.0.0.1:6379")
     with pytest.raises(ValueError, match="max_retries"):
         executors.RayExecutor(max_retries=-1)
+
+
+def test_cli_run_rejects_bad_executor_arguments(capsys):
+    from robustbench_lite import cli
+
+    assert cli.main(["run", "--ray-address", "10.0.0.1:6379"]) == 2
+    assert "--ray-address needs --executor ray" in capsys.readouterr().err
+    assert cli.main(["run", "--executor", "ray", "--max-retries", "-1"]) == 2
+    assert "max_retries must be" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["run", "--executor", "dask"])
+    assert exit_.value.code == 2 and "invalid choice: 'dask'" in capsys.readouterr().err
