@@ -339,6 +339,10 @@ def nonrobust_table(store: Store, path: Path) -> Path | None:
             lines.append(f"| {name} | {described.get(name, '')} | {_pct(v['clean_acc'])} ({_pct(v['clean_ci'][0])}–"
                          f"{_pct(v['clean_ci'][1])}) | {_pct(v['robust_acc'])} ({_pct(v['robust_ci'][0])}–{_pct(v['robust_ci'][1])}) | "
                          f"{curve} |")
+        if "robustified_minus_original" in m:
+            lines += ["", "PGD accuracy of the D_R model minus the original-images model, point by point (Newcombe's paired 95% "
+                      "interval): " + ", ".join(f"eps {e}: {100 * d:+.1f} ({100 * lo:+.1f} to {100 * hi:+.1f})"
+                                                for e, (d, lo, hi) in m["robustified_minus_original"].items()) + " points."]
         lines.append("")
     text = "\n".join(lines)
     _atomic(path, lambda p: Path(p).write_text(text))

@@ -221,8 +221,12 @@ class RayExecutor(Executor):
     def _ray(self) -> Any:
         ray = _import_ray()
         if not ray.is_initialized():
-            ray.init(address=self.address, include_dashboard=False, logging_level=logging.WARNING,
-                     log_to_driver=False, **self.init)
+            try:
+                ray.init(address=self.address, include_dashboard=False, logging_level=logging.WARNING,
+                         log_to_driver=False, **self.init)
+            except ConnectionError as exc:
+                raise ValueError(f"cannot reach the Ray cluster at {self.address or os.environ.get('RAY_ADDRESS')!r}: {exc} "
+                                 "(start one with `ray start --head`, or leave out --ray-address for a private one)") from exc
         return ray
 
     def run(self, tasks: Sequence[Task], models: dict[str, LoadedModel], test: Split, plugins: Sequence[Plugin],
@@ -258,6 +262,8 @@ class RayExecutor(Executor):
         except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
                 ray.exceptions.OutOfMemoryError, ray.exceptions.TaskUnschedulableError) as exc:
             return Failed(task, f"worker died {self.max_retries + 1} times: {_error(exc)}", self.max_retries + 1)
+        except Exception as exc:  # noqa: BLE001 - any other Ray error (lost object, ...) fails the task, not the grid
+            return Failed(task, _error(exc))
 
 
 def make(name: str, *, address: str | None = None, cpus_per_task: int = 1, max_retries: int = 3) -> Executor:

@@ -42,8 +42,14 @@ def test_nonrobust_builds_both_sets_trains_on_them_and_writes_its_page(trained, 
         clean_rate = float((trained.model(sub.floats()).argmax(1) == (sub.labels + 1) % 10).float().mean())
     assert m["det_read_as_target"] > max(0.1, 5 * clean_rate) and m["rand_read_as_target"] > 0.1
     assert (t["random_labels"] != t["labels"]).all()
+    paired = m["robustified_minus_original"]
+    assert set(paired) == set(m["sets"]["original"]["robust_curve"])
+    for e, (d, lo, hi) in paired.items():
+        assert lo <= d <= hi
+        assert d == pytest.approx(m["sets"]["robustified"]["robust_curve"][e] - m["sets"]["original"]["robust_curve"][e])
     assert figure is not None and figure.stat().st_size > 0
     text = page.read_text()
+    assert "minus the original-images model, point by point" in text
     assert "| deterministic | targeted PGD towards t = y + 1" in text and "| random |" in text and "nonrobust_examples.png" in text
     assert meta["config"]["experiment"] == "nonrobust" and key
 

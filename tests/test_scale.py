@@ -2,6 +2,7 @@
 (README, "Scaling out"). Ray runs here as a private two-CPU instance on the loopback address."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import textwrap
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import ray
+import torch
 
 from robustbench_lite import executors, profiles
 from robustbench_lite.store import Store
@@ -77,6 +79,18 @@ def _same_rows(a: list, b: list) -> None:
         assert np.array_equal(x.robust, y.robust) and np.array_equal(x.robust_top5_mask, y.robust_top5_mask)
 
 
+@contextlib.contextmanager
+def one_thread():
+    """A Ray task runs with the torch threads it declares (1 here); the local run matches it, as
+    float reductions may round differently with another thread count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _tiny(trained, attacks, checks: bool = False) -> profiles.Profile:
     return profiles.Profile("tiny", models=(trained.name,), attacks=attacks, eps=EPS, n=100, checks=checks)
 
@@ -84,7 +98,7 @@ def _tiny(trained, attacks, checks: bool = False) -> profiles.Profile:
 @pytest.mark.slow
 def test_ray_rows_equal_local_rows_and_stored_cells_are_not_resubmitted(trained, cluster, tmp_path):
     prof = _tiny(trained, ("fgsm", "pgd:steps=5"), checks=True)  # the checks' verdicts are in the rows too
-    with Store(tmp_path / "local.sqlite") as s:
+    with Store(tmp_path / "local.sqlite") as s, one_thread():
         local = profiles.run(prof, s)
     seen: list[executors.Progress] = []
     with Store(tmp_path / "ray.sqlite") as s:
@@ -125,7 +139,7 @@ def test_a_worker_killed_mid_cell_is_retried_and_every_cell_stored_once(trained,
     assert killed and killed[0] != os.getpid()
     assert not grid.failures
     assert len(keys) == len(set(keys)) == 9
-    with Store(tmp_path / "local.sqlite") as s:  # the marker exists now: a plain FGSM
+    with Store(tmp_path / "local.sqlite") as s, one_thread():  # the marker exists now: a plain FGSM
         local = profiles.run(prof, s)
     _same_rows(local, grid.results)
 
