@@ -283,7 +283,7 @@ def execute(tasks: Sequence[Task], store: Any, executor: Executor, models: dict[
     """Run the tasks not yet stored; the caller's store receives every finished task's rows
     (and every failure) here, in this process. Returns the results of every task, read from
     the store for those already there, and the failures."""
-    stored = {t for t in tasks if all(store.get(k) is not None for k in t.keys)}
+    stored = {t for t in tasks if all(store.has(k) for k in t.keys)}
     pending = [t for t in tasks if t not in stored]
     progress = Progress(done=sum(len(t.keys) for t in stored), queued=sum(len(t.keys) for t in pending))
     failures: list[Failed] = []

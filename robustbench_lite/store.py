@@ -105,6 +105,10 @@ class Store:
         hit = cur.fetchone()
         return None if hit is None else _result(json.loads(hit[0]), hit[1])
 
+    def has(self, key: str) -> bool:
+        """Whether a cell is stored, without reading its row."""
+        return self._db.execute("SELECT 1 FROM results WHERE key = ?", (key,)).fetchone() is not None
+
     def config(self, key: str) -> dict[str, Any] | None:
         """The full configuration a cell was computed under (what its key hashes)."""
         hit = self._db.execute("SELECT config FROM results WHERE key = ?", (key,)).fetchone()
