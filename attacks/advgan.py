@@ -64,6 +64,8 @@ class AdvGAN(Attack):
         >>> rbl eval --model smallcnn-fmnist-standard --attack advgan --attack pgd --eps 0.1
     """
 
+    batch_invariant = True
+
     train_n: int = 20000
     epochs: int = 15
     lr: float = 1e-3

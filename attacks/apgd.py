@@ -11,6 +11,7 @@ from torch import nn
 
 from robustbench_lite.attack import Attack, _direction, check_int, check_interval, scores
 from robustbench_lite.registry import ATTACKS
+from robustbench_lite.rng import PointStreams
 from robustbench_lite.threat import Threat
 
 
@@ -49,6 +50,8 @@ class _APGD(Attack):
         >>> x_adv = ATTACKS.create("apgd_dlr", targets=9)(model, x, y, Threat("linf", 0.1))
     """
 
+    batch_invariant = True
+
     _loss: ClassVar = staticmethod(_ce)
 
     steps: int = 100
@@ -64,15 +67,15 @@ class _APGD(Attack):
         check_interval(name, "rho", self.rho, 0, 1, "(]")
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat,
-            generator: torch.Generator | None) -> torch.Tensor:
+            generator: PointStreams) -> torch.Tensor:
         out = x.clone()
         if threat.eps == 0:
             return out
         with torch.no_grad():
             ranked = scores(model, x, y).argsort(dim=1, descending=True)
-        robust = torch.ones(len(x), dtype=torch.bool)
+        robust = torch.ones(len(x), dtype=torch.bool, device=x.device)
         for rank in range(1, self.targets + 1) if self.targets else [None]:
-            for _ in range(self.restarts):
+            for restart in range(self.restarts):
                 idx = robust.nonzero().squeeze(1)
                 if idx.numel() == 0:
                     return out
@@ -81,13 +84,13 @@ class _APGD(Attack):
                     # The rank-th most likely class that is not the label.
                     order = ranked[idx]
                     t = order[order != y[idx, None]].view(len(idx), -1)[:, rank - 1]
-                x_adv, fooled = self._run_once(model, x[idx], y[idx], t, threat, generator)
+                x_adv, fooled = self._run_once(model, x[idx], y[idx], t, threat, generator.child(rank or 0, restart)[idx])
                 out[idx] = x_adv
                 robust[idx[fooled]] = False
         return out
 
     def _run_once(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None,
-                  threat: Threat, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+                  threat: Threat, generator: PointStreams) -> tuple[torch.Tensor, torch.Tensor]:
         n, shape = len(x), (-1,) + (1,) * (x.ndim - 1)
 
         def loss_grad(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -101,11 +104,11 @@ class _APGD(Attack):
         loss, grad, fooled = loss_grad(x_adv)
         best_loss, x_best, grad_best = loss.clone(), x_adv.clone(), grad.clone()
         x_found, found = x_adv.clone(), fooled.clone()
-        step = torch.full((n,), 2.0 * threat.eps)
+        step = torch.full((n,), 2.0 * threat.eps, device=x.device)
         x_prev = x_adv.clone()
         period, min_period, shrink = max(int(0.22 * self.steps), 1), max(int(0.06 * self.steps), 1), max(int(0.03 * self.steps), 1)
-        since, rises = 0, torch.zeros(n)
-        best_at_check, reduced_at_check = best_loss.clone(), torch.ones(n, dtype=torch.bool)
+        since, rises = 0, torch.zeros(n, device=x.device)
+        best_at_check, reduced_at_check = best_loss.clone(), torch.ones(n, dtype=torch.bool, device=x.device)
         for i in range(self.steps):
             a = 0.75 if i > 0 else 1.0
             z = threat.project(x_adv + step.view(shape) * _direction(grad, threat, "sign"), x)
@@ -124,7 +127,7 @@ class _APGD(Attack):
                 step[halve] /= 2
                 x_adv[halve], grad[halve] = x_best[halve], grad_best[halve]
                 reduced_at_check, best_at_check = halve, best_loss.clone()
-                since, rises = 0, torch.zeros(n)
+                since, rises = 0, torch.zeros(n, device=x.device)
                 period = max(period - shrink, min_period)
         return torch.where(found.view(shape), x_found, x_best), found
 

@@ -48,6 +48,8 @@ class BIM(Attack):
         >>> x_adv = BIM(steps=20)(model, x, y, Threat("linf", 0.1))
     """
 
+    batch_invariant = True
+
     steps: int | None = None
     step_size: float | None = None
     early_stop: bool = True

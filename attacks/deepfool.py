@@ -80,6 +80,8 @@ class DeepFool(Attack):
         >>> x_adv = DeepFool()(model, x, y, Threat("l2", float("inf")))
     """
 
+    batch_invariant = True
+
     steps: int = 50
     overshoot: float = 0.02
     candidates: int = 10

@@ -29,6 +29,8 @@ class FGSM(Attack):
         >>> x_adv = FGSM()(model, x, y, Threat("linf", 0.1))
     """
 
+    batch_invariant = True
+
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat,
             generator: torch.Generator | None) -> torch.Tensor:
         if threat.eps == 0:

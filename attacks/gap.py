@@ -49,6 +49,8 @@ class GAP(Attack):
         >>> rbl eval --model smallcnn-fmnist-standard --attack gap --attack gap:mode=image --eps 0.1
     """
 
+    batch_invariant = True
+
     mode: str = "universal"
     train_n: int = 20000
     epochs: int = 10

@@ -34,6 +34,8 @@ class GradientAscent(Attack):
         >>> x_adv = GradientAscent(target="next")(model, x, y, Threat("linf", 0.1))
     """
 
+    batch_invariant = True
+
     steps: int = 40
     step_size: float | None = None
     target: str = "none"

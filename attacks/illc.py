@@ -29,5 +29,7 @@ class ILLC(BIM):
         >>> x_adv = ILLC()(model, x, y, Threat("linf", 0.1))
     """
 
+    batch_invariant = True
+
     _label: ClassVar[str] = "illc"
     _target: ClassVar[str] = "least_likely"

@@ -13,6 +13,7 @@ from torch import nn
 from robustbench_lite import generative
 from robustbench_lite.attack import Attack, check_choice, check_int, check_positive, scores
 from robustbench_lite.registry import ATTACKS
+from robustbench_lite.rng import PointStreams
 from robustbench_lite.threat import Threat
 
 from .advgan import _margin
@@ -100,6 +101,8 @@ class Latent(Attack):
         >>> rbl eval --model smallcnn-fmnist-standard --defense defense_gan --attack latent:source=gan-fmnist,anchor=reconstruction --eps 0.1
     """
 
+    batch_invariant = True
+
     source: str = "vae-fmnist"
     steps: int = 100
     lr: float = 0.05
@@ -118,21 +121,23 @@ class Latent(Attack):
         generative.require("latent", self.source, "decode")
 
     def config(self) -> dict:
-        return super().config() | {"source_sha256": generative.cached(self.source).weights_sha256}
+        loaded = generative.cached(self.source)
+        return super().config() | {"source_sha256": loaded.weights_sha256, "source_arch_sha256": loaded.arch_sha256}
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat,
-            generator: torch.Generator | None) -> torch.Tensor:
+            generator: PointStreams) -> torch.Tensor:
         if threat.eps == 0:
             return x.clone()
         net = generative.cached(self.source).model
         net.check_input(x)
         out = []
-        for xb, yb in zip(x.split(500), y.split(500), strict=True):
+        for i, (xb, yb) in enumerate(zip(x.split(500), y.split(500), strict=True)):
             if "encode" in net.abilities:
                 with torch.no_grad():
                     z0 = net.encode(xb)
             else:
-                z0 = generative.invert(net, xb, steps=self.invert_steps, restarts=self.invert_restarts, generator=generator)
+                z0 = generative.invert(net, xb, steps=self.invert_steps, restarts=self.invert_restarts,
+                                       generator=generator[i * 500:(i + 1) * 500])
             out.append(latent_search(model, net, xb, yb, steps=self.steps, lr=self.lr, radius=self.radius, threat=threat,
                                      z0=z0, anchor=self.anchor)[0])
         return threat.project(torch.cat(out), x)

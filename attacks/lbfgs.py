@@ -57,7 +57,7 @@ def lbfgs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, search_steps: i
     return best_x, torch.from_numpy(np.isfinite(best))
 
 
-@ATTACKS.register("lbfgs", example={"search_steps": 2, "max_iter": 20}, norms=("l2", "linf"))
+@ATTACKS.register("lbfgs", example={"search_steps": 1, "max_iter": 20}, norms=("l2", "linf"))
 @dataclass(frozen=True, kw_only=True)
 class LBFGS(Attack):
     """Szegedy's minimal-perturbation attack, scaled back onto the threat's ball when larger.

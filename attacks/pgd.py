@@ -36,6 +36,8 @@ class PGD(Attack):
         >>> x_adv = PGD(steps=20, restarts=2)(model, x, y, Threat("linf", 0.1))
     """
 
+    batch_invariant = True
+
     steps: int = 50
     step_size: float | None = None
     restarts: int = 1

@@ -10,6 +10,7 @@ from torch import nn
 
 from robustbench_lite.attack import Attack, check_int, check_interval, scores
 from robustbench_lite.registry import ATTACKS
+from robustbench_lite.rng import PointStreams
 from robustbench_lite.threat import Threat
 
 
@@ -51,6 +52,8 @@ class Square(Attack):
         >>> x_adv = Square(queries=1000)(model, x, y, Threat("linf", 0.1))
     """
 
+    batch_invariant = True
+
     queries: int = 5000
     p_init: float = 0.8
     restarts: int = 1
@@ -61,15 +64,15 @@ class Square(Attack):
         check_interval("square", "p_init", self.p_init, 0, 1, "(]")
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat,
-            generator: torch.Generator | None) -> torch.Tensor:
+            generator: PointStreams) -> torch.Tensor:
         if threat.norm != "linf":
             raise ValueError(f"square: only the linf threat is implemented, got {threat.norm!r}")
         out = x.clone()
         if threat.eps == 0:
             return out
-        todo = torch.arange(len(x))
-        for _ in range(self.restarts):
-            x_adv, fooled = self._run_once(model, x[todo], y[todo], threat, generator)
+        todo = torch.arange(len(x), device=x.device)
+        for r in range(self.restarts):
+            x_adv, fooled = self._run_once(model, x[todo], y[todo], threat, generator.child(r)[todo])
             out[todo] = x_adv
             todo = todo[~fooled]
             if todo.numel() == 0:
@@ -78,24 +81,25 @@ class Square(Attack):
 
     @torch.no_grad()
     def _run_once(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat,
-                  generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+                  streams: PointStreams) -> tuple[torch.Tensor, torch.Tensor]:
         n, c, h, w = x.shape
         eps = threat.eps
-        signs = torch.randint(0, 2, (n, c, 1, w), generator=generator).to(x) * 2 - 1
+        signs = streams.randint(0, 2, (c, 1, w)).to(x) * 2 - 1
         best = threat.project(x + eps * signs, x)
         margin = _margin(scores(model, best, y), y)
-        rows = torch.arange(h).view(1, h, 1)
-        cols = torch.arange(w).view(1, 1, w)
+        rows = torch.arange(h, device=x.device).view(1, h, 1)
+        cols = torch.arange(w, device=x.device).view(1, 1, w)
         for q in range(1, self.queries):
             alive = (margin > 0).nonzero().squeeze(1)
             if alive.numel() == 0:
                 break
             m = alive.numel()
             s = min(max(round(math.sqrt(_square_fraction(self.p_init, q, self.queries) * h * w)), 1), h - 1, w - 1)
-            top = torch.randint(0, h - s + 1, (m, 1, 1), generator=generator)
-            left = torch.randint(0, w - s + 1, (m, 1, 1), generator=generator)
-            window = ((rows >= top) & (rows < top + s) & (cols >= left) & (cols < left + s)).unsqueeze(1).to(x.device)
-            value = torch.randint(0, 2, (m, c, 1, 1), generator=generator).to(x) * 2 - 1
+            draw = streams[alive]
+            top = draw.randint(0, h - s + 1, (1, 1))
+            left = draw.randint(0, w - s + 1, (1, 1))
+            window = ((rows >= top) & (rows < top + s) & (cols >= left) & (cols < left + s)).unsqueeze(1)
+            value = draw.randint(0, 2, (c, 1, 1)).to(x) * 2 - 1
             xa, base = x[alive], best[alive]
             # A window refilled with the value it already has is a wasted query: flip its sign.
             same = ((base - xa) * value * window).sum((2, 3), keepdim=True) >= eps * s * s * (1 - 1e-6)

@@ -65,9 +65,21 @@ class Transfer(Attack):
         if isinstance(inner, Transfer):
             raise ValueError(f"transfer: the surrogate's attack cannot itself be a transfer attack, got {self.attack!r}")
 
+    @property
+    def batch_invariant(self) -> bool:  # type: ignore[override]
+        return specs.attack(self.attack).batch_invariant
+
     def config(self) -> dict[str, Any]:
-        # The surrogate's weights decide the result, so they are part of the store key.
-        return super().config() | {"surrogate_sha256": _surrogate(self.surrogate).weights_sha256}
+        # The surrogate (its weights and architecture) and the inner attack's code decide the
+        # result, so they are part of the store key.
+        from robustbench_lite import fingerprint
+        from robustbench_lite.cell import model_id
+
+        surrogate = _surrogate(self.surrogate)
+        inner = specs.attack(self.attack)
+        return super().config() | {"surrogate_sha256": surrogate.weights_sha256,
+                                   "surrogate_arch_sha256": model_id(surrogate)[0].arch_sha256,
+                                   "attack_code_sha256": fingerprint.code_of(type(inner)).sha256}
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat,
             generator: torch.Generator | None) -> torch.Tensor:

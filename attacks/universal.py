@@ -60,6 +60,8 @@ class Universal(Attack):
         >>> rbl eval --model resnet10t-fmnist-standard --attack universal:artifact=3f2a --eps 0.1
     """
 
+    batch_invariant = True
+
     artifact: str
     store: str | None = None
 

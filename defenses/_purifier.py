@@ -20,17 +20,20 @@ def net(source: str, x: torch.Tensor) -> generative.GenerativeModel:
 
 
 def config(defense: Any, source: str) -> dict[str, Any]:
-    """The defense's config with the generative model's weights sha256, so that retraining it
-    gives new store keys."""
+    """The defense's config with the generative model's weights sha256 and architecture fingerprint, so that
+    retraining it or changing its code gives new store keys."""
     import dataclasses
 
+    loaded = generative.cached(source)
     return {"defense": DEFENSES.name_of(type(defense)), **dataclasses.asdict(defense),
-            "weights_sha256": generative.cached(source).weights_sha256}
+            "weights_sha256": loaded.weights_sha256, "arch_sha256": loaded.arch_sha256}
 
 
 @dataclass(frozen=True, kw_only=True)
 class Reconstruct(Defense):
     """x -> the named model's reconstruction of x (deterministic and differentiable)."""
+
+    batch_invariant = True
 
     model: str
 

@@ -27,6 +27,7 @@ class BitDepth(Defense):
     """
 
     differentiable = False
+    batch_invariant = True
 
     bits: int = 3
 

@@ -37,6 +37,7 @@ class FeatureSqueeze(Detector):
     """
 
     differentiable = False  # the bit-depth squeezer; its backward pass is BPDA's identity
+    batch_invariant = True
 
     bits: int = 1
     window: int = 2

@@ -29,6 +29,7 @@ class JPEG(Defense):
     """
 
     differentiable = False
+    batch_invariant = True
 
     quality: int = 75
 

@@ -63,6 +63,8 @@ class MagnetDetector(Detector):
             threshold (default 10000: a 0.1% rate needs thousands of points).
     """
 
+    batch_invariant = True
+
     model: str = "dae-fmnist"
     norms: str = "l1+l2"
     fpr: float = 0.001

@@ -28,6 +28,8 @@ class Median(Defense):
         >>> rbl eval --model smallcnn-fmnist-standard --defense median:window=2 --attack pgd --eps 0.1
     """
 
+    batch_invariant = True
+
     window: int = 2
 
     def __post_init__(self) -> None:

@@ -35,6 +35,8 @@ class SafetyNet(Detector):
         >>> rbl eval --model smallcnn-fmnist-standard --defense safetynet --attack pgd --eps 0.1
     """
 
+    batch_invariant = True
+
     needs_activations = True
 
     eps: float = 0.1

@@ -80,15 +80,12 @@ def robustify(model: nn.Module, x: torch.Tensor, start: torch.Tensor, *, steps: 
     (g: ``model``'s :func:`representation` at ``layer``; Ilyas 2019, Section 3.1), by Adam on
     the pixels with step ``lr``, clipped to [0, 1] after each step.
 
-    Departures from the paper, measured on smallcnn-fmnist-pgd_at and 10000 images: its
-    normalized gradient descent (fixed L2 steps) converges slowly here (median relative
-    distance at the penultimate layer 0.88 after 1000 steps of 0.1, 0.66 with steps decaying
-    from 1.0), hence Adam; Adam alone (tv=0) paints per-pixel texture (total variation 0.39
-    against 0.15 for real images, distance 0.25 after 200 steps) that a model trained on the
-    set learns as a non-robust feature (PGD accuracy at eps 0.1: 1.5%), hence the
-    total-variation prior of feature inversion (Mahendran & Vedaldi 2015; tv=0.3: TV 0.11,
-    distance 0.15, 5.4%); and on the small CNN the matched layer is the trunk's output
-    (``layer="head"``: distance 0.019, TV 0.086, 8.1%, against 4.4% for the original images).
+    Departures from the paper, each chosen on smallcnn-fmnist-pgd_at (README, "Robust
+    architectures and non-robust features"): its normalized gradient descent (fixed L2 steps) converges slowly here,
+    hence Adam; Adam alone (tv=0) paints per-pixel texture that a model trained on the set learns
+    as a non-robust feature, hence the total-variation prior of feature inversion (Mahendran &
+    Vedaldi 2015); and on the small CNN the matched layer is the trunk's output (``layer="head"``
+    matches closer and smoother).
     Returns (x_r, relative feature distance ||g(x_r) - g(x)|| / ||g(x)|| per image)."""
     with torch.no_grad():
         goal = representation(model, x, layer)
@@ -133,7 +130,7 @@ class NonRobust(Experiment):
 
     Args:
         n: training images each set is built from (default 60000, all of Fashion-MNIST's, as the
-            paper uses all of CIFAR-10's: with 10000, D_det's model scores 5.7%, below chance).
+            paper uses all of CIFAR-10's; with far fewer, D_det's model falls below chance).
         norm, eps, steps: the targeted PGD that builds D_det and D_rand (default L-inf 0.1, 50 steps, no
             early stop, so the target class is reached with confidence).
         synth_steps, synth_lr, tv, start, layer: D_R's synthesis (default 300 Adam steps of 0.01

@@ -9,7 +9,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
@@ -21,15 +21,33 @@ WORST = "worst case"
 
 
 def frame(store: Store) -> pd.DataFrame:
-    """All stored cells as rows, with ``kind`` = the single attack's spec or ``worst case``."""
+    """All stored cells as rows, with ``kind`` = the single attack's spec or ``worst case``.
+
+    A model is (name, weights sha256): ``model`` is the name, with ``@`` and the first 8 hex
+    digits of the weights' hash where the store holds two weight sets under that name, so two
+    such models are never shown, grouped or ranked as one; ``model_name`` is the bare name.
+    """
     df = store.dataframe()
     if df.empty:
         return df
+    df["model_name"] = df["model"]
+    shown = labels(zip(df["model"], df["weights_sha256"]))
+    df["model"] = [shown[k] for k in zip(df["model"], df["weights_sha256"])]
     df["n_attacks"] = df["attacks"].str.count(r"\+") + 1
     df["kind"] = df["attacks"].where(df["n_attacks"] == 1, WORST)
     df["mode"] = df["mode"].fillna("none") if "mode" in df else "none"  # rows stored before defenses existed
     df["label"] = df["model"].where(df["defense"] == "none", df["model"] + " + " + df["defense"] + " [" + df["mode"] + "]")
     return df
+
+
+def labels(models: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """The name shown for each (name, weights sha256): the name, or ``name@<8 hex digits>`` where
+    several weight sets share it."""
+    pairs = set(models)
+    count: dict[str, int] = {}
+    for name, _ in pairs:
+        count[name] = count.get(name, 0) + 1
+    return {(n, w): n if count[n] == 1 else f"{n}@{w[:8]}" for n, w in pairs}
 
 
 def table(store: Store, headline_eps: float = 0.1, norm: str = "linf") -> pd.DataFrame:
@@ -49,7 +67,8 @@ def table(store: Store, headline_eps: float = 0.1, norm: str = "linf") -> pd.Dat
     for (model, dataset, defense, mode), g in df.groupby(["model", "dataset", "defense", "mode"], sort=False):
         g = g[g["n"] == g["n"].max()]
         worst = g.sort_values(["n_attacks", "robust_acc"], ascending=[False, True]).iloc[0]
-        row: dict[str, Any] = {"model": model, "arch": worst["arch"], "recipe": worst["recipe"], "dataset": dataset,
+        row: dict[str, Any] = {"model": model, "model_name": worst["model_name"], "weights_sha256": worst["weights_sha256"],
+                               "arch": worst["arch"], "recipe": worst["recipe"], "dataset": dataset,
                                "defense": defense, "mode": mode, "eps": headline_eps, "n": int(worst["n"]),
                                "clean_acc": worst["clean_acc"]}
         for _, single in g[g["n_attacks"] == 1].iterrows():
@@ -92,7 +111,7 @@ def _pct(v: Any) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
 
 
-_META = {"rank", "model", "arch", "recipe", "dataset", "defense", "mode", "eps", "n", "clean_acc", "robust_acc",
+_META = {"rank", "model", "model_name", "weights_sha256", "arch", "recipe", "dataset", "defense", "mode", "eps", "n", "clean_acc", "robust_acc",
          "robust_acc_ci_low", "robust_acc_ci_high", "robust_top5", "worst_case_over", "checks", "caught",
          "detection_auc", "oblivious_acc"}
 
@@ -154,7 +173,7 @@ def render(store: Store, fmt: str, headline_eps: float = 0.1) -> str:
         return markdown(store, headline_eps)
     if fmt == "csv":
         df = frame(store)
-        return df.drop(columns=["n_attacks", "label"], errors="ignore").to_csv(index=False)
+        return df.drop(columns=["n_attacks", "label", "model_name"], errors="ignore").to_csv(index=False)
     return json.dumps(table(store, headline_eps).to_dict(orient="records"), indent=2) + "\n"
 
 

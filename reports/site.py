@@ -33,20 +33,27 @@ def _env() -> Any:
                               autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined)
 
 
-def command(config: dict[str, Any]) -> str:
+def command(config: dict[str, Any], source: str | None = None) -> str:
     """The ``rbl eval`` line that recomputes a stored cell: every attack with its resolved
-    hyperparameters, the defenses, the mode and the EOT/vote policy, eps, n, seed and norm."""
-    parts = ["rbl eval", f"--model {config['model']}"]
+    hyperparameters, the defenses, the mode and the EOT/vote policy, eps, n, seed and norm
+    (``rbl verify`` re-runs it from the stored config itself)."""
+    model = config["model"]
+    where = source or model["name"]
+    parts = ["rbl eval", f"--checkpoint {where} --arch {model['arch']} --dataset {config['dataset']}"
+             if source and zoo.is_path(source) else f"--model {where}"]
     parts += [f"--attack '{render(a, 'attack')}'" for a in config["attacks"]]
-    parts += [f"--defense '{render(d, 'defense')}'" for d in config.get("defense", [])]
-    if config.get("defense"):
-        parts.append(f"--mode {config.get('mode', 'adaptive')}")
-        if config.get("eot", 1) > 1:
+    parts += [f"--defense '{render(d, 'defense')}'" for d in config["defenses"]]
+    if config["defenses"]:
+        parts.append(f"--mode {config['mode']}")
+        if config["eot"] > 1:
             parts.append(f"--eot {config['eot']}")
-        votes = re.match(r"majority of (\d+)", str(config.get("predict", "")))
-        if votes:
-            parts.append(f"--votes {votes.group(1)}")
-    parts += [f"--eps {config['eps']:g}", f"--n {config['n']}", f"--seed {config['seed']}", f"--norm {config['norm']}"]
+        if config["votes"] > 1:
+            parts.append(f"--votes {config['votes']}")
+    if config["batch_size"] is not None:
+        parts.append(f"--batch-size {config['batch_size']}")
+    eps = config["eps"]
+    parts += [f"--eps {eps if isinstance(eps, str) else format(eps, 'g')}", f"--n {config['n']}", f"--seed {config['seed']}",
+              f"--norm {config['norm']}"]
     return " ".join(parts)
 
 
@@ -70,7 +77,10 @@ def write_site(store: Store, out: Path, headline_eps: float = 0.1, plotted: bool
     images = [{"title": "Accuracy under attack vs eps", "src": "accuracy_vs_eps.png"}]
     if not plotted:
         written.append(plot(store, out / "accuracy_vs_eps.png"))
-    cards = {name: zoo.load_card(name) for name in dict.fromkeys(t["model"]) if zoo.is_trained(name)}
+    # Cards as recorded when each model was evaluated, matched by (name, weights): never the cache's.
+    by_weights = {(c.name, c.weights_sha256): c for c in store.cards()}
+    cards = {m: by_weights[(n, w)] for m, n, w in zip(t["model"], t["model_name"], t["weights_sha256"], strict=True)
+             if (n, w) in by_weights}
     if any(c.curves for c in cards.values()):
         if not plotted:
             written.append(plot_training(list(cards.values()), out / "training_curves.png"))
@@ -123,11 +133,13 @@ def _model_pages(store: Store, out: Path, env: Any, cards: dict[str, Any]) -> li
             run = c.get("checks_run") or 0
             checks = f"FAILED: {failed}" if failed else ("ok" if run else "not run")
             config = store.config(c["key"])
+            source = (store.provenance(c["key"]) or {}).get("model_source")
             cells.append({"defense": c["defense"], "mode": c["mode"], "attacks": c["attacks"], "eps": f"{c['eps']:g}",
                           "n": int(c["n"]), "clean": _pct(c["clean_acc"]), "robust": _pct(c["robust_acc"]),
                           "ci": f"{_pct(c['robust_acc_ci_low'])}–{_pct(c['robust_acc_ci_high'])}",
                           "caught": _pct(c.get("caught")), "checks": checks, "flagged": bool(failed),
-                          "command": command(config) if config and "attacks" in config else "(combined from stored cells)"})
+                          "command": command(config, source) if config and "attacks" in config
+                          else "(combined from stored cells)"})
         page = out / "models" / f"{slug(model)}.html"
         plot(store, out / "models" / f"{slug(model)}.png", only=model)
         card = cards.get(model)

@@ -13,7 +13,7 @@ from robustbench_lite.engine import EvalResult
 from robustbench_lite.stats import paired_difference
 from robustbench_lite.store import Store
 
-from .leaderboard import _atomic
+from .leaderboard import _atomic, labels
 
 SUFFIX = "_denoise"
 
@@ -28,9 +28,10 @@ def twins(store: Store, eps: float = 0.1, norm: str = "linf") -> pd.DataFrame:
     attacks both were evaluated with, the common points, both robust accuracies and
     denoise - plain with Newcombe's paired interval. Cells on different test data never pair."""
     cells = [r for r in store.results() if r.defense == "none" and r.norm == norm and abs(r.eps - eps) < 1e-9]
+    shown = labels((r.model, r.weights_sha256) for r in cells)
     by_model: dict[str, list[EvalResult]] = {}
     for r in cells:
-        by_model.setdefault(r.model, []).append(r)
+        by_model.setdefault(shown[(r.model, r.weights_sha256)], []).append(r)
     rows: list[dict[str, Any]] = []
     for model, mine in by_model.items():
         arch = mine[0].arch

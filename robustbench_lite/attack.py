@@ -12,12 +12,13 @@ import math
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, ClassVar, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .rng import PointStreams, as_generator
 from .threat import Threat
 
 TARGETS = ("none", "least_likely", "next", "random")
@@ -62,22 +63,35 @@ def check_batch(x: torch.Tensor, y: torch.Tensor, bounds: tuple[float, float] = 
 
 @dataclass(frozen=True, kw_only=True)
 class Attack(ABC):
-    """Base class: subclasses add frozen hyperparameter fields and implement ``run``."""
+    """Base class: subclasses add frozen hyperparameter fields and implement ``run``.
+
+    ``batch_invariant`` declares that the attack's result for a point depends on that point and
+    its random stream alone, never on the other points of its batch: it draws every random number
+    from the :class:`~robustbench_lite.rng.PointStreams` that ``run`` receives as ``generator``, and
+    couples no points (no batch-wide early exit that changes a survivor's path, no batch
+    statistics). Its cells then leave the batch size out of their key. An attack that does not
+    declare it receives a plain ``torch.Generator`` and its cells are keyed by the batch size; the
+    conformance suite tests the declaration (``conformance.check_attack``).
+    """
+
+    batch_invariant: ClassVar[bool] = False
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat,
-                 *, generator: torch.Generator | None = None) -> torch.Tensor:
+                 *, generator: torch.Generator | PointStreams | None = None) -> torch.Tensor:
         if not isinstance(threat, Threat):
             raise TypeError(f"threat must be a Threat, got {type(threat).__name__}")
         check_batch(x, y, threat.bounds)
         if x.shape[0] == 0:
             return x.clone()
+        rng = PointStreams.of(generator, x.shape[0], x.device) if self.batch_invariant else as_generator(generator)
         with eval_mode(model):
-            x_adv = self.run(model, x.detach(), y, threat, generator)
+            x_adv = self.run(model, x.detach(), y, threat, rng)
         return x_adv.detach()
 
     @abstractmethod
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat,
-            generator: torch.Generator | None) -> torch.Tensor: ...
+            generator: Any) -> torch.Tensor:
+        """``generator`` is a :class:`PointStreams` for a batch-invariant attack, else a ``torch.Generator`` or None."""
 
     def config(self) -> dict[str, Any]:
         """Every hyperparameter, resolved, for the results-store key."""
@@ -103,7 +117,7 @@ def scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def targets_for(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mode: str,
-                generator: torch.Generator | None) -> torch.Tensor | None:
+                generator: torch.Generator | PointStreams | None) -> torch.Tensor | None:
     """Target classes for a targeted attack, or None for an untargeted one."""
     if mode == "none":
         return None
@@ -114,7 +128,10 @@ def targets_for(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mode: str,
         return logits.argmin(1)
     if mode == "next":
         return (y + 1) % k
-    offset = torch.randint(1, k, y.shape, generator=generator, device=y.device)
+    if isinstance(generator, PointStreams):
+        offset = generator.randint(1, k, ()).to(y.device)
+    else:
+        offset = torch.randint(1, k, y.shape, generator=generator, device=y.device)
     return (y + offset) % k
 
 
@@ -131,15 +148,17 @@ def _direction(grad: torch.Tensor, threat: Threat, kind: str) -> torch.Tensor:
 def gradient_steps(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat, *,
     steps: int, step_size: float, random_start: bool, restarts: int = 1, target: str = "none",
-    direction: str = "sign", early_stop: bool = True, generator: torch.Generator | None = None,
+    direction: str = "sign", early_stop: bool = True, generator: torch.Generator | PointStreams | None = None,
 ) -> torch.Tensor:
     """Projected gradient ascent on the cross-entropy: the loop behind FGSM, BIM, ILLC and PGD.
 
     Untargeted steps go up CE(x', y); targeted ones go down CE(x', t). With ``early_stop``
     a point stops moving once it is misclassified, and later restarts only see the points
-    that every earlier restart failed on, so a weak model costs little.
+    that every earlier restart failed on, so a weak model costs little. Every random number
+    comes from per-point streams (each restart its own), so no point's path depends on the others.
     """
-    t = targets_for(model, x, y, target, generator)
+    streams = PointStreams.of(generator, x.shape[0], x.device)
+    t = targets_for(model, x, y, target, streams)
     goal = t if t is not None else y
     if random_start or steps * step_size > threat.eps:
         project = threat.project
@@ -152,8 +171,8 @@ def gradient_steps(
     remaining = None  # None means every point: the first restart gathers nothing
     for r in range(restarts):
         xs, ys, gs = (x, y, goal) if remaining is None else (x[remaining], y[remaining], goal[remaining])
-        xa = threat.random_start(xs, generator) if random_start else xs
         idx = remaining if remaining is not None else torch.arange(x.shape[0], device=x.device)
+        xa = threat.random_start(xs, streams.child(r)[idx]) if random_start else xs
         for _ in range(steps):
             xa = xa.detach().requires_grad_(True)
             logits = scores(model, xa, ys)

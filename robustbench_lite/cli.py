@@ -166,6 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
     cf.add_argument("--json", action="store_true", help="one JSON object per check")
     plugin(cf)
 
+    v = sub.add_parser("verify", help="re-run stored cells from their stored configs and compare the per-example bits")
+    v.add_argument("--sample", type=_positive_int, metavar="K", help="re-run K cells chosen at random (default: all)")
+    v.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
+    v.add_argument("--models", nargs="+", default=[], metavar="DIR",
+                   help="folders searched for the weights (zoo folders or .safetensors with cards), after each "
+                        "cell's own source and the zoo cache")
+    v.add_argument("--json", action="store_true", help="one JSON object per row instead of the table")
+    common(v)
+
     ls = sub.add_parser("list", help="list registered models, attacks, defenses or recipes")
     ls.add_argument("what", choices=["models", "attacks", "defenses", "recipes", "experiments", "generative"])
     ls.add_argument("--json", action="store_true")
@@ -314,6 +323,35 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(f"rbl: --strict: gradient-masking checks failed: {', '.join(bad)}", file=sys.stderr)
             return EXIT_CHECKS
     return 0
+
+
+EXIT_MISMATCH = 1  # rbl verify: a cell did not reproduce, or could not be re-run
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from . import verify
+
+    path = args.store
+    from .paths import default_store
+
+    path = path or default_store()
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no results store at {path}; give one with --store")
+
+    def show(o: verify.Outcome) -> None:
+        if args.json:
+            print(json.dumps(dataclasses.asdict(o)), flush=True)
+        elif sys.stderr.isatty():
+            print(f"{o.status:11s} {o.key[:12]} {o.label} eps={o.eps}", file=sys.stderr)
+
+    with _store(path) as store:
+        outcomes = verify.verify(store, sample=args.sample, seed=args.seed, data_dir=args.data_dir, models=args.models,
+                                 on_outcome=show)
+    if not args.json:
+        sys.stdout.write(verify.table(outcomes) if outcomes else f"no cells in {path}\n")
+    return 0 if all(o.ok for o in outcomes) else EXIT_MISMATCH
 
 
 def cmd_train_generative(args: argparse.Namespace) -> int:
@@ -479,7 +517,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from .data import DatasetNotFoundError
-    from .engine import AttackBudgetError
+    from .engine import IntegrityError
+    from .store import StoreIntegrityError
     from .generative import GenerativeNotTrainedError
     from .zoo import CheckpointError, ModelNotTrainedError
 
@@ -491,12 +530,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     handlers = {"run": cmd_run, "train": cmd_train, "train-generative": cmd_train_generative, "eval": cmd_eval, "experiment": cmd_experiment,
                 "leaderboard": cmd_leaderboard, "list": cmd_list, "conformance": cmd_conformance,
-                "check": cmd_check}
+                "check": cmd_check, "verify": cmd_verify}
     try:
         args.plugins_loaded = load_all(getattr(args, "plugin", None))
         return handlers[args.cmd](args)
     except (ValueError, TypeError, DatasetNotFoundError, CheckpointError, ModelNotTrainedError, GenerativeNotTrainedError,
-            AttackBudgetError, FileNotFoundError) as exc:
+            IntegrityError, StoreIntegrityError, FileNotFoundError) as exc:
         print(f"rbl: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -77,7 +77,27 @@ def defense_gradients(d: Any, x: torch.Tensor) -> str | None:
     return None
 
 
-DEFENSE_CHECKS = {"output": defense_output, "randomness": defense_randomness, "gradients": defense_gradients}
+def defense_batches(d: Any, x: torch.Tensor) -> str | None:
+    """A defense that declares ``batch_invariant`` maps each image on its own: the batch in two
+    pieces, reversed, gives what the whole batch gives."""
+    if not type(d).batch_invariant:
+        return None
+    if d.stochastic:
+        return "declares batch_invariant but is random: its draws follow the batches"
+    k = len(x) // 3
+    with torch.no_grad():
+        whole = d.transform(x, torch.Generator().manual_seed(0))
+        parts = torch.cat([d.transform(x[k:], torch.Generator().manual_seed(0)),
+                           d.transform(x[:k], torch.Generator().manual_seed(0))])
+    parts = torch.cat([parts[len(x) - k:], parts[:len(x) - k]])
+    if not torch.allclose(whole, parts, atol=1e-5, rtol=1e-5):
+        return (f"declares batch_invariant but an image's output depends on its batch (largest change "
+                f"{(whole - parts).abs().max().item():.3g}); leave batch_invariant False so its cells are keyed by the batch size")
+    return None
+
+
+DEFENSE_CHECKS = {"output": defense_output, "randomness": defense_randomness, "gradients": defense_gradients,
+                  "batches": defense_batches}
 
 
 def check_defense(name: str, d: Any, x: torch.Tensor) -> list[Result]:
@@ -85,7 +105,9 @@ def check_defense(name: str, d: Any, x: torch.Tensor) -> list[Result]:
 
     if isinstance(d, Detector):
         return [Result(name, "detector", True, "detectors are checked through rbl eval (thresholds need a classifier)")]
-    return [_run(name, check, lambda fn=fn: fn(d, x)) for check, fn in DEFENSE_CHECKS.items()]
+    # The batch check tests a declaration; an undeclared defense has nothing to test.
+    return [_run(name, check, lambda fn=fn: fn(d, x)) for check, fn in DEFENSE_CHECKS.items()
+            if check != "batches" or type(d).batch_invariant]
 
 
 # --- attacks ---------------------------------------------------------------------------
@@ -140,19 +162,43 @@ def attack_effect(a: Any, model: nn.Module, x: torch.Tensor, y: torch.Tensor, th
     return None
 
 
+def attack_batches(a: Any, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat) -> str | None:
+    """An attack that declares ``batch_invariant`` gives each point the same x_adv whichever points
+    share its batch: the engine then leaves the batch size out of its cells' keys."""
+    from .rng import PointStreams
+
+    if not a.batch_invariant:
+        return None
+    index = torch.arange(len(x))
+    whole = a(model, x, y, threat, generator=PointStreams.for_points(3, index))
+    k = len(x) // 3
+    order = torch.cat([index[k:], index[:k]])  # other batch-mates, another order
+    parts = torch.cat([a(model, x[order[i:i + 2 * k]], y[order[i:i + 2 * k]], threat,
+                         generator=PointStreams.for_points(3, order[i:i + 2 * k])) for i in range(0, len(x), 2 * k)])
+    back = torch.empty_like(parts)
+    back[order] = parts
+    # The kernels' float rounding can depend on the batch's shape (1e-7 in a gradient), which can
+    # flip a sign step here and there; an attack that couples its points moves them all.
+    moved = (back - whole).flatten(1).abs().amax(1) > 1e-4
+    if int(moved.sum()) > len(x) // 50:
+        return (f"declares batch_invariant but {int(moved.sum())} of {len(x)} points got another x_adv in other batches "
+                "(draw randomness from the PointStreams it is given, and do not couple points)")
+    return None
+
+
 def attack_eps_zero(a: Any, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat) -> str | None:
     out = a(model, x[:16], y[:16], Threat(threat.norm, 0.0))
     return None if torch.equal(out, x[:16]) else "eps = 0 did not return x unchanged"
 
 
 ATTACK_CHECKS = {"threat": attack_threat, "side_effects": attack_side_effects, "determinism": attack_determinism,
-                 "effect": attack_effect, "eps_zero": attack_eps_zero}
+                 "effect": attack_effect, "eps_zero": attack_eps_zero, "batches": attack_batches}
 
 
 def check_attack(name: str, a: Any, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                  threats: tuple[Threat, ...] = (Threat("linf", 0.1),)) -> list[Result]:
     return [_run(f"{name} ({t.norm}, eps {t.eps})", check, lambda fn=fn, t=t: fn(a, model, x, y, t))
-            for t in threats for check, fn in ATTACK_CHECKS.items()]
+            for t in threats for check, fn in ATTACK_CHECKS.items() if check != "batches" or a.batch_invariant]
 
 
 # --- model architectures --------------------------------------------------------------

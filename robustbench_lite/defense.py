@@ -29,10 +29,17 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, kw_only=True)
 class Defense(ABC):
-    """A preprocessing step. Hyperparameters are frozen fields, checked in ``__post_init__``."""
+    """A preprocessing step. Hyperparameters are frozen fields, checked in ``__post_init__``.
+
+    ``batch_invariant`` declares that the step maps each image on its own (no batch statistics, no
+    random draws): the cells of a defended model then leave the batch size out of their key. A
+    random defense never is, since its draws follow the batches; an undeclared one is keyed by the
+    batch size.
+    """
 
     differentiable: ClassVar[bool] = True
     stochastic: ClassVar[bool] = False
+    batch_invariant: ClassVar[bool] = False
 
     @abstractmethod
     def transform(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -131,16 +138,23 @@ class Defended(nn.Module):
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         for d in self.defenses:
+            before = x.detach().clone()
             if d.differentiable and not self.bpda_all:
-                x = d.transform(x, self.generator)
+                out = d.transform(x, self.generator)
             elif self.bpda_all:  # the plain approximation, even where the defense knows better
-                x = Defense.bpda(d, x, self.generator)
+                out = Defense.bpda(d, x, self.generator)
             elif self.bpda:
-                x = d.bpda(x, self.generator)
+                out = d.bpda(x, self.generator)
             else:
                 # As deployed: whatever autograd makes of the step (zero or no gradient), which
                 # is what a naive white-box attack sees.
-                x = d.transform(x, self.generator)
+                out = d.transform(x, self.generator)
+            if not torch.equal(x.detach(), before):
+                from .engine import TamperingError
+
+                raise TamperingError(f"defense {d.spec()} modified its input in place; a defense returns the "
+                                     "preprocessed images and leaves the ones it got as they were")
+            x = out
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

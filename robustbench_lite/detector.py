@@ -39,6 +39,7 @@ class Detector(ABC):
     differentiable: ClassVar[bool] = True
     stochastic: ClassVar[bool] = False
     needs_activations: ClassVar[bool] = False  # score reads the input of the classifier's head
+    batch_invariant: ClassVar[bool] = False  # scores each input on its own (see Defense.batch_invariant)
 
     fpr: float = 0.05
     calibration: int = 2000
@@ -123,7 +124,13 @@ class Guarded(nn.Module):
             a = acts[-1]
         else:
             z, a = self.classifier(x), None
-        return z, f.detector.score(f.parts, self.classifier, x, z, a, self.bpda)
+        before = x.detach().clone()
+        s = f.detector.score(f.parts, self.classifier, x, z, a, self.bpda)
+        if not torch.equal(x.detach(), before):
+            from .engine import TamperingError
+
+            raise TamperingError(f"detector {f.detector.spec()} modified its input in place")
+        return z, s
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z, s = self.score(x)

@@ -7,10 +7,11 @@ list (the per-example worst case, as AutoAttack does).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import hashlib
-import json
+import logging
 import platform
 import time
 from dataclasses import dataclass, field
@@ -21,8 +22,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import __version__, specs
+from . import fingerprint, specs
 from .attack import Attack, check_int, eval_mode, without_early_stop
+from .cell import CellConfig, ModelId, checks_config, digest, model_id, worst_case_config
 from .checks import CheckConfig, Probe, Verdict
 from .checks import run as run_checks
 from .data import Split
@@ -30,17 +32,29 @@ from . import data as data_mod
 from .defense import Defended, Defense, chain, vote
 from .detector import Detector, Fitted, Guarded
 from .detector import fit as fit_detector
+from .rng import PointStreams
 from .stats import auc, wilson
 from .threat import Threat
 from .zoo import LoadedModel
+
+_log = logging.getLogger(__name__)
 
 
 MODES = ("adaptive", "bpda", "oblivious")
 ADAPTIVE_MODES = ("adaptive", "bpda")  # the defense is in the attack's loop
 
 
-class AttackBudgetError(RuntimeError):
+class IntegrityError(RuntimeError):
+    """Code the engine ran broke a rule the engine holds it to; its result is never stored."""
+
+
+class AttackBudgetError(IntegrityError):
     """An attack returned a point outside its threat model."""
+
+
+class TamperingError(IntegrityError):
+    """An attack, defense or detector changed what the engine measures against: the images it
+    was handed, the labels, the threat, or the model's parameters and buffers."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +89,7 @@ class EvalResult:
     caught: float | None = None
     clean_rejected: float | None = None
     detection_auc: float | None = None
+    combined_from: tuple[str, ...] = ()  # a worst case's cells (combine); empty for a computed cell
     robust: np.ndarray = field(default_factory=lambda: np.zeros(0, bool), repr=False, compare=False)
     robust_top5_mask: np.ndarray = field(default_factory=lambda: np.zeros(0, bool), repr=False, compare=False)
 
@@ -82,7 +97,8 @@ class EvalResult:
 
     def to_row(self) -> dict[str, Any]:
         """A flat row for pandas, the store and the reports (per-example bits left out)."""
-        row = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in self._ARRAYS + ("versions", "checks")}
+        row = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name not in self._ARRAYS + ("versions", "checks", "combined_from")}
         row["attacks"] = "+".join(self.attacks)
         row["checks_run"] = sum(v.passed is not None for v in self.checks)
         row["checks_failed"] = ",".join(v.name for v in self.failed_checks)
@@ -94,12 +110,13 @@ class EvalResult:
         """Every field but the per-example bits, JSON-ready; :meth:`from_record` inverts it."""
         rec = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in self._ARRAYS}
         return rec | {"attacks": list(self.attacks), "robust_acc_ci": list(self.robust_acc_ci),
-                      "checks": [v.to_dict() for v in self.checks]}
+                      "checks": [v.to_dict() for v in self.checks], "combined_from": list(self.combined_from)}
 
     @classmethod
     def from_record(cls, rec: dict[str, Any], robust: np.ndarray, robust_top5: np.ndarray) -> "EvalResult":
         return cls(**(rec | {"attacks": tuple(rec["attacks"]), "robust_acc_ci": tuple(rec["robust_acc_ci"]),
                             "checks": tuple(Verdict.from_dict(v) for v in rec.get("checks", ())),
+                            "combined_from": tuple(rec.get("combined_from", ())),
                             "robust": robust, "robust_top5_mask": robust_top5}))
 
     @property
@@ -115,14 +132,6 @@ class EvalResult:
                 "checks": [v.to_dict() for v in self.checks]} | (
                 {"caught": self.caught, "clean_rejected": self.clean_rejected, "detection_auc": self.detection_auc}
                 if self.caught is not None else {})
-
-
-def versions() -> dict[str, str]:
-    import foolbox
-    import timm
-
-    return {"robustbench_lite": __version__, "torch": torch.__version__.split("+")[0], "timm": timm.__version__,
-            "foolbox": foolbox.__version__, "python": platform.python_version()}
 
 
 def _state_sha256(model: nn.Module) -> str:
@@ -141,8 +150,9 @@ def _as_loaded(model: LoadedModel | nn.Module, dataset: str) -> LoadedModel:
     return LoadedModel(type(model).__name__, model, dataset, _state_sha256(model))
 
 
-def cell_key(config: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+def engine_code() -> fingerprint.Code:
+    """The fingerprint of the engine: this module and every project module it imports."""
+    return fingerprint.module_code(__name__)
 
 
 @torch.no_grad()
@@ -208,7 +218,9 @@ def evaluate(
         norm: ``linf`` or ``l2``.
         n: evaluate the first n points (default: all).
         seed: seeds every random choice; a cell's result does not depend on other cells.
-        batch_size: points per attack call (> 0).
+        batch_size: points per attack call (> 0). It changes no result where every attack and
+            defense is batch-invariant (``Attack.batch_invariant``); elsewhere it is part of
+            the cell's key.
         store: a :class:`~robustbench_lite.store.Store`; cells already in it are read, not rerun.
         progress: show a progress bar.
         tolerance: slack on the budget check, for float rounding.
@@ -233,27 +245,36 @@ def evaluate(
 
     Returns:
         One :class:`EvalResult` per eps, in the given order.
+
+    Raises:
+        AttackBudgetError: an attack returned a point outside its threat.
+        TamperingError: an attack, defense or detector edited the images or labels it was
+            handed, the threat, or the model's parameters or buffers.
     """
     plan = _plan(model, data, attacks, eps, norm=norm, n=n, seed=seed, batch_size=batch_size, defense=defense,
                  mode=mode, eot=eot, votes=votes, calibration=calibration)
-    lm, subset, threats, base, pre, detector = plan.lm, plan.subset, plan.threats, plan.base, plan.pre, plan.detector
+    lm, subset, pre, detector = plan.lm, plan.subset, plan.pre, plan.detector
     attack_names, attack_objs, defenses = plan.attack_names, plan.attack_objs, pre + ((detector,) if detector else ())
+    if store is not None:
+        store.put_model(plan.model, lm.card, source=lm.source)
     fitted = _fit(detector, lm, pre, plan.calibration, seed) if detector is not None else None
-    setup = _Setup(lm.model, pre, fitted, mode, eot, votes, batch_size)
+    # The engine's own copies of the images and labels: attacks, defenses and detectors only ever
+    # see copies, and every budget check and every verdict is made against these.
     x = subset.floats()
-    y = subset.labels
+    y = subset.labels.clone()
+    guard = _Guard(lm.model, fitted)
+    setup = _Setup(lm.model, guard.attack_model, pre, fitted, mode, eot, votes, batch_size)
     # An attack that stops a point as soon as it leaves top-1 leaves it next to the boundary,
     # with its label still in the top 5: top-5 robustness is only measured without early stop.
     top5_measured = not any(getattr(a, "early_stop", False) for a in attack_objs) and fitted is None
     defense_name = " + ".join(d.spec() for d in defenses) or "none"
-    plain_logits = None if defenses else predict(lm.model, x, batch_size)
+    plain_logits = None if defenses else predict(lm.model, x.clone(), batch_size)
     rejects = fitted is not None
 
     results = []
-    bar = tqdm(total=len(threats) * len(attack_objs), desc=lm.name, disable=not progress, leave=False)
-    for threat in threats:
-        config = plan.config(threat)
-        key = cell_key(config)
+    bar = tqdm(total=len(plan.threats) * len(attack_objs), desc=lm.name, disable=not progress, leave=False)
+    for threat, config in zip(plan.threats, plan.configs, strict=True):
+        key = config.key
         cached = store.get(key) if store is not None else None
         if cached is not None:
             results.append(cached)
@@ -261,56 +282,117 @@ def evaluate(
             continue
         start = time.perf_counter()
         torch.manual_seed(seed)
-        gen = torch.Generator().manual_seed(int(key[:15], 16))
-        deployed, surface, judge = setup.views(int(key[15:30], 16))
-        clean_logits = judge(x) if plain_logits is None else plain_logits
+        draws = config.random_key
+        deployed, surface, judge = setup.views(_seed(draws, "defense"))
+        clean_logits = judge(x.clone()) if plain_logits is None else plain_logits
         robust = clean_logits.argmax(1) == y  # a rejected clean input is an error
         clean_correct = robust.clone()
         top5 = _top5(clean_logits[:, :-1] if rejects else clean_logits, y)
         clean_top5 = top5.clone()
         x_final = x.clone()
-        for name, attack in zip(attack_names, attack_objs, strict=True):
+        for i, (name, attack) in enumerate(zip(attack_names, attack_objs, strict=True)):
             # Early-stopped attacks only decide top-1, so only still-robust points are worth
             # attacking; full-length ones also get the top-1-fooled points still in the top 5.
             todo = (top5 if top5_measured else robust).nonzero().squeeze(1)
-            for chunk in todo.split(batch_size) if todo.numel() else ():
-                xb, yb = x[chunk], y[chunk]
-                x_adv = attack(surface, xb, yb, threat, generator=gen)
-                _check_output(name, x_adv, xb, threat, tolerance)
-                x_final[chunk] = threat.project(x_adv, xb)
+            for j, chunk in enumerate(todo.split(batch_size) if todo.numel() else ()):
+                xb, yb = x[chunk], y[chunk]  # copies: indexing with a tensor copies
+                rng: PointStreams | torch.Generator = (
+                    PointStreams.for_points(_seed(draws, "attack", i), chunk) if attack.batch_invariant
+                    else torch.Generator().manual_seed(_seed(draws, "attack", i, j)))
+                x_adv = attack(surface, xb, yb, dataclasses.replace(threat), generator=rng)
+                _check_untouched(f"attack {name}", xb, x[chunk], yb, y[chunk])
+                guard.check(f"attack {name}")
+                _check_output(name, x_adv, x[chunk], threat, tolerance)
+                x_final[chunk] = threat.project(x_adv, x[chunk])
                 logits = judge(x_final[chunk])
-                robust[chunk] &= _held(logits, yb, rejects)
-                top5[chunk] &= _top5(logits, yb)
+                robust[chunk] &= _held(logits, y[chunk], rejects)
+                top5[chunk] &= _top5(logits, y[chunk])
             bar.update(1)
         detection = _detection(deployed, judge, x, y, x_final, clean_correct, clean_logits) if rejects else {}
-        arch, recipe = (lm.card.arch, lm.card.recipe) if lm.card else (lm.name, "")
+        arch, recipe = (lm.card.arch, lm.card.recipe) if lm.card else (plan.model.arch, "")
         result = _result(
             top5_measured=top5_measured,
             key=key, model=lm.name, arch=arch, recipe=recipe, dataset=data.dataset, defense=defense_name,
-            mode=mode if defenses else "none",
-            attacks=attack_names, norm=norm, eps=threat.eps, clean_acc=int(clean_correct.sum()) / len(subset),
+            mode=config.mode, attacks=attack_names, norm=norm, eps=threat.eps, clean_acc=int(clean_correct.sum()) / len(subset),
             clean_top5=int(clean_top5.sum()) / len(subset), seconds=time.perf_counter() - start, seed=seed,
-            data_sha256=config["data_sha256"], weights_sha256=lm.weights_sha256, versions=config["versions"],
-            robust=robust.numpy().copy(), robust_top5_mask=top5.numpy().copy(), **detection,
+            data_sha256=config.data_sha256, weights_sha256=lm.weights_sha256, versions=config.versions,
+            robust=robust.cpu().numpy().copy(), robust_top5_mask=top5.cpu().numpy().copy(), **detection,
         )
         if store is not None:
-            store.put(result, config)
+            store.put(result, config, provenance=_provenance(lm, batch_size, x.device))
         results.append(result)
     bar.close()
-    if checks is not None and any(not r.checks for r in results):
-        verdicts = _check(setup, x, y, threats, results, checks, base)
-        results = [r if r.checks else dataclasses.replace(r, checks=verdicts) for r in results]
-        if store is not None and verdicts:
-            for r in results:
-                store.set_checks(r.key, r.checks)
+    guard.check("the evaluation")
+    if checks is not None:
+        verdicts = _checked(plan, setup, guard, x, y, results, checks, store)
+        results = [dataclasses.replace(r, checks=verdicts) for r in results]
     return results
+
+
+def _seed(key: str, *what: Any) -> int:
+    """A 60-bit seed for one use of randomness in a cell, from its ``random_key``."""
+    return int(digest([key, *what])[:15], 16)
+
+
+def _provenance(lm: LoadedModel, batch_size: int, device: torch.device) -> dict[str, Any]:
+    from .provenance import machine, now
+
+    return {"batch_size": batch_size, "model_source": lm.source, "created": now(), "machine": machine(device.type)}
+
+
+def _check_untouched(who: str, xb: torch.Tensor, x: torch.Tensor, yb: torch.Tensor, y: torch.Tensor) -> None:
+    if not torch.equal(yb, y):
+        raise TamperingError(f"{who} modified the labels it was handed ({int((yb != y).sum())} of {len(y)} changed); "
+                             "the engine judges against its own copy and refuses the result")
+    if not torch.equal(xb, x):
+        raise TamperingError(f"{who} modified the images it was handed in place (largest change "
+                             f"{(xb - x).abs().max().item():.4g}); an attack returns x_adv and leaves x as it got it")
+
+
+class _Guard:
+    """The model the attacks run on, as a private copy, and a check that neither it nor the
+    engine's own model (nor a detector's fitted parts) changed: an attack that edits the weights
+    it attacks would otherwise weaken the model it is judged on."""
+
+    def __init__(self, model: nn.Module, fitted: Fitted | None):
+        self.model = model
+        self.parts = fitted.parts if fitted is not None else None
+        self.snapshot = _state(model, self.parts)
+        try:
+            self.attack_model = copy.deepcopy(model)
+        except Exception as exc:  # noqa: BLE001 - a model that cannot be copied is attacked in place, still checked
+            _log.warning("the model could not be copied for the attacks (%s: %s); they run on the engine's own, "
+                         "whose state is checked after each call", type(exc).__name__, exc)
+            self.attack_model = model
+
+    def check(self, who: str) -> None:
+        for label, module in (("model", self.attack_model), ("model", self.model)):
+            _compare(who, label, self.snapshot[0], module.state_dict())
+        if self.parts is not None:
+            _compare(who, "detector", self.snapshot[1], self.parts.state_dict())
+
+
+def _state(model: nn.Module, parts: nn.Module | None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    copy_of = lambda m: {k: v.detach().clone() for k, v in m.state_dict().items()}  # noqa: E731
+    return copy_of(model), (copy_of(parts) if parts is not None else {})
+
+
+def _compare(who: str, label: str, before: dict[str, torch.Tensor], now: dict[str, torch.Tensor]) -> None:
+    if before.keys() != now.keys():
+        raise TamperingError(f"the {label}'s parameters and buffers changed during {who}: "
+                             f"entries {sorted(set(before) ^ set(now))[:5]} appeared or went")
+    for k, v in before.items():
+        if not torch.equal(v, now[k]):
+            raise TamperingError(f"the {label}'s {k!r} changed during {who} (by the code run there, or by a forward "
+                                 "pass that updates its own state); the engine refuses to score a moving model")
 
 
 @dataclass(frozen=True)
 class _Plan:
-    """What :func:`evaluate` will compute, checked and hashed before any attack runs."""
+    """What :func:`evaluate` will compute, checked and keyed before any attack runs."""
 
     lm: LoadedModel
+    model: ModelId
     subset: Split
     threats: tuple[Threat, ...]
     attack_names: tuple[str, ...]
@@ -318,10 +400,7 @@ class _Plan:
     pre: tuple[Defense, ...]
     detector: Detector | None
     calibration: Split | None
-    base: dict[str, Any]
-
-    def config(self, threat: Threat) -> dict[str, Any]:
-        return {**self.base, "eps": threat.eps}
+    configs: tuple[CellConfig, ...]  # one per threat
 
 
 def _plan(model: LoadedModel | nn.Module, data: Split, attacks: Sequence[str | Attack], eps: Sequence[float] | float, *,
@@ -337,6 +416,8 @@ def _plan(model: LoadedModel | nn.Module, data: Split, attacks: Sequence[str | A
         raise ValueError("attacks must hold at least one attack")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
     defenses = chain(defense)
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; allowed: {', '.join(MODES)}")
@@ -347,33 +428,90 @@ def _plan(model: LoadedModel | nn.Module, data: Split, attacks: Sequence[str | A
     if lm.dataset != data.dataset:
         raise ValueError(f"model {lm.name} was built for {lm.dataset} but the data is {data.dataset}")
     pre, detector = _split(defenses)
-    if any(d.stochastic for d in pre) and mode in ADAPTIVE_MODES:
+    random_defense = any(d.stochastic for d in pre)
+    if random_defense and mode in ADAPTIVE_MODES:
         attack_objs = [without_early_stop(a) for a in attack_objs]
     attack_names = tuple(a if isinstance(a, str) else a.config()["attack"] for a in attacks)
-    base = {"model": lm.name, "weights_sha256": lm.weights_sha256, "dataset": data.dataset, "defense": [],
-            "attacks": [a.config() for a in attack_objs], "norm": norm, "n": len(subset),
-            "data_sha256": subset.sha256(), "seed": seed, "versions": versions()}
-    if defenses:
-        random_defense = any(d.stochastic for d in pre)
-        base |= {"defense": [d.config() for d in defenses], "mode": mode,
-                 "eot": eot if random_defense and mode in ADAPTIVE_MODES else 1,
-                 "predict": f"majority of {votes} passes" if random_defense else "one pass"}
+    identity, libraries = model_id(lm)
+    engine = engine_code()
+    versions = dict(engine.libraries) | dict(libraries)
+    methods: list[list[dict[str, Any]]] = [[], []]
+    for kind, objs in ((0, attack_objs), (1, defenses)):
+        for obj in objs:
+            ident, libs = method_identity(obj)
+            methods[kind].append(ident)
+            versions |= dict(libs)
     calib = None
+    calibration_id = None
     if detector is not None:
         calib = calibration if calibration is not None else data_mod.load(data.dataset, "train")
         calib = calib.last(min(detector.calibration, len(calib)))
-        base["calibration_sha256"] = calib.sha256()
-    return _Plan(lm, subset, threats, attack_names, tuple(attack_objs), pre, detector, calib, base)
+        calibration_id = {"split": calib.split, "n": len(calib), "sha256": calib.sha256()}
+    invariant = _batch_invariant(lm.model, subset, attack_objs, pre, detector)
+    device = next((p.device for p in lm.model.parameters()), torch.device("cpu"))
+    common = dict(model=identity, dataset=data.dataset, split=subset.split, n=len(subset), data_sha256=subset.sha256(),
+                  norm=norm, bounds=threats[0].bounds, attacks=tuple(methods[0]), defenses=tuple(methods[1]),
+                  mode=mode if defenses else "none",
+                  eot=eot if random_defense and mode in ADAPTIVE_MODES else 1, votes=votes if random_defense else 1,
+                  calibration=calibration_id, seed=seed, batch_size=None if invariant else batch_size,
+                  device=device.type, dtype="float32", engine_sha256=engine.sha256,
+                  versions={"python": platform.python_version(), **dict(sorted(versions.items()))})
+    configs = tuple(CellConfig(eps=t.eps, **common) for t in threats)  # type: ignore[arg-type]
+    return _Plan(lm, identity, subset, threats, attack_names, tuple(attack_objs), pre, detector, calib, configs)
+
+
+def method_identity(method: Attack | Defense | Detector) -> tuple[dict[str, Any], tuple[tuple[str, str], ...]]:
+    """A method's identity in a cell's key: its config (registered name, every resolved
+    hyperparameter, the weights of the models it loads) and its code's fingerprint; and the
+    libraries its code calls into."""
+    code = fingerprint.code_of(type(method))
+    return method.config() | {"code_sha256": code.sha256}, code.libraries
+
+
+def _batch_invariant(model: nn.Module, subset: Split, attacks: Sequence[Attack], pre: Sequence[Defense],
+                     detector: Detector | None) -> bool:
+    """Whether a cell's bits cannot depend on how its points are batched: every attack declares
+    it (and draws from per-point streams), no defense is random (its draws follow the batches)
+    or undeclared, and the model's outputs for a point do not change with its batch-mates."""
+    if not all(a.batch_invariant for a in attacks):
+        return False
+    if any(d.stochastic or not type(d).batch_invariant for d in pre):
+        return False
+    if detector is not None and not type(detector).batch_invariant:
+        return False
+    k = min(len(subset), 8)
+    if k < 2:
+        return True
+    x = subset.first(k).floats()
+    alone = predict(model, x, batch_size=1)
+    together = predict(model, x.flip(0), batch_size=k).flip(0)
+    # Float rounding differs between batch shapes; batch statistics (a train-mode norm layer, a
+    # layer that normalises over the batch) move logits by orders of magnitude more.
+    coupled = not torch.allclose(alone, together, rtol=1e-3, atol=1e-3 * (1 + alone.abs().max().item()))
+    if coupled:
+        _log.warning("the model's output for a point depends on the other points of its batch: its cells are keyed "
+                     "by the batch size")
+    return not coupled
 
 
 def cell_keys(model: LoadedModel | nn.Module, data: Split, attacks: Sequence[str | Attack], eps: Sequence[float] | float, *,
-              norm: str = "linf", n: int | None = None, seed: int = 0, defense: Sequence[str | Defense] = (),
-              mode: str = "adaptive", eot: int = 20, votes: int = 10, calibration: Split | None = None) -> list[str]:
+              norm: str = "linf", n: int | None = None, seed: int = 0, batch_size: int = 500,
+              defense: Sequence[str | Defense] = (), mode: str = "adaptive", eot: int = 20, votes: int = 10,
+              calibration: Split | None = None) -> list[str]:
     """The store keys :func:`evaluate` would give its cells, one per eps, computed without
     attacking: a scheduler skips the cells already stored (same arguments, same meaning)."""
-    plan = _plan(model, data, attacks, eps, norm=norm, n=n, seed=seed, batch_size=1, defense=defense, mode=mode,
+    return [c.key for c in cell_configs(model, data, attacks, eps, norm=norm, n=n, seed=seed, batch_size=batch_size,
+                                        defense=defense, mode=mode, eot=eot, votes=votes, calibration=calibration)]
+
+
+def cell_configs(model: LoadedModel | nn.Module, data: Split, attacks: Sequence[str | Attack],
+                 eps: Sequence[float] | float, *, norm: str = "linf", n: int | None = None, seed: int = 0,
+                 batch_size: int = 500, defense: Sequence[str | Defense] = (), mode: str = "adaptive", eot: int = 20,
+                 votes: int = 10, calibration: Split | None = None) -> list[CellConfig]:
+    """The :class:`CellConfig` of each cell :func:`evaluate` would compute, one per eps."""
+    plan = _plan(model, data, attacks, eps, norm=norm, n=n, seed=seed, batch_size=batch_size, defense=defense, mode=mode,
                  eot=eot, votes=votes, calibration=calibration)
-    return [cell_key(plan.config(t)) for t in plan.threats]
+    return list(plan.configs)
 
 
 def _split(defenses: tuple[Defense | Detector, ...]) -> tuple[tuple[Defense, ...], Detector | None]:
@@ -392,8 +530,8 @@ _FITTED: dict[str, Fitted] = {}
 
 def _fit(detector: Detector, lm: LoadedModel, pre: tuple[Defense, ...], calib: Split, seed: int) -> Fitted:
     """Fit a detector on clean calibration points, once per model, chain and calibration set."""
-    key = cell_key({"weights": lm.weights_sha256, "detector": detector.config(), "pre": [d.config() for d in pre],
-                    "calibration": calib.sha256(), "seed": seed})
+    key = digest({"weights": lm.weights_sha256, "detector": method_identity(detector)[0],
+                  "pre": [method_identity(d)[0] for d in pre], "calibration": calib.sha256(), "seed": seed})
     if key not in _FITTED:
         classifier = Defended(lm.model, pre, seed=int(key[:15], 16))
         with eval_mode(lm.model):
@@ -430,9 +568,12 @@ def _detection(deployed: nn.Module, judge: Any, x: torch.Tensor, y: torch.Tensor
 
 @dataclass(frozen=True)
 class _Setup:
-    """A model with its defenses as the engine attacks and judges it."""
+    """A model with its defenses as the engine attacks and judges it: the deployed model and the
+    judge run on the engine's own model, the attack's view on the private copy (``_Guard``), with
+    its own copies of the defenses."""
 
     model: nn.Module
+    attack_model: nn.Module
     pre: tuple[Defense, ...]
     detector: Fitted | None
     mode: str
@@ -451,29 +592,48 @@ class _Setup:
     def views(self, seed: int) -> tuple[nn.Module, nn.Module, Any]:
         """The deployed model, the attack's view of it, and the judge of its predictions."""
         if not self.defended:
-            return self.model, self.model, functools.partial(predict, self.model, batch_size=self.batch_size)
+            return self.model, self.attack_model, functools.partial(predict, self.model, batch_size=self.batch_size)
         classifier = Defended(self.model, self.pre, seed=seed)
         deployed: nn.Module = classifier
-        surface: nn.Module = (classifier.surface(self.eot, bpda_all=self.mode == "bpda") if self.mode in ADAPTIVE_MODES
-                              else self.model)
+        attacked = Defended(self.attack_model, copy.deepcopy(self.pre), seed=seed)
+        attacked.generator = classifier.generator  # one stream of defense randomness per cell, as before
+        surface: nn.Module = (attacked.surface(self.eot, bpda_all=self.mode == "bpda") if self.mode in ADAPTIVE_MODES
+                              else self.attack_model)
         if self.detector is not None:
             deployed = Guarded(classifier, self.model, self.detector, bpda=False)
             if self.mode in ADAPTIVE_MODES:
-                surface = Guarded(surface, self.model, self.detector, bpda=True)
+                surface = Guarded(surface, self.attack_model, self.detector, bpda=True)
         return deployed, surface, functools.partial(vote, deployed, votes=self.votes, batch_size=self.batch_size)
 
 
-def _check(setup: _Setup, x: torch.Tensor, y: torch.Tensor, threats: list[Threat], results: list[EvalResult],
-           cfg: CheckConfig, base: dict[str, Any]) -> tuple[Verdict, ...]:
-    nonzero = sorted(t.eps for t in threats if t.eps > 0)
+def _checked(plan: _Plan, setup: _Setup, guard: _Guard, x: torch.Tensor, y: torch.Tensor, results: list[EvalResult],
+             cfg: CheckConfig, store: Any | None) -> tuple[Verdict, ...]:
+    """The gradient-masking verdicts of this call's cells: read from the store under their own key
+    (the check settings, the model and defense, the cells whose accuracies they read), else run."""
+    nonzero = sorted(t.eps for t in plan.threats if t.eps > 0)
     if not nonzero:
         return ()
-    threat = Threat(threats[0].norm, nonzero[len(nonzero) // 2])
-    seed = int(cell_key(base | {"checks": dataclasses.asdict(cfg), "eps": threat.eps})[:15], 16)
+    eps = nonzero[len(nonzero) // 2]
+    config = checks_config(plan.configs[0], eps, dataclasses.asdict(cfg), [r.key for r in results],
+                           fingerprint.module_code("robustbench_lite.checks.suite").sha256)
+    key = digest(config)
+    stored = store.get_checks(key) if store is not None else None
+    if stored is not None:
+        return stored
+    draws = digest({"cell": plan.configs[0].random_key, "eps": eps, "settings": config["settings"]})
+    verdicts = _check(setup, x, y, Threat(plan.threats[0].norm, eps), results, cfg, _seed(draws, "checks"))
+    guard.check("the gradient-masking checks")
+    if store is not None:
+        store.put_checks(key, config, verdicts)
+    return verdicts
+
+
+def _check(setup: _Setup, x: torch.Tensor, y: torch.Tensor, threat: Threat, results: list[EvalResult],
+           cfg: CheckConfig, seed: int) -> tuple[Verdict, ...]:
     deployed, surface, judge = setup.views(seed)
     adaptive = setup.defended and setup.mode in ADAPTIVE_MODES
-    probe = Probe(deployed=deployed, surface=surface, judge=judge, x=x[:cfg.n], y=y[:cfg.n], threat=threat, config=cfg,
-                  generator=torch.Generator().manual_seed(seed), bare=setup.model if adaptive else None,
+    probe = Probe(deployed=deployed, surface=surface, judge=judge, x=x[:cfg.n].clone(), y=y[:cfg.n].clone(), threat=threat,
+                  config=cfg, generator=torch.Generator().manual_seed(seed), bare=setup.attack_model if adaptive else None,
                   declared_stochastic=any(d.stochastic for d in setup.pre),
                   bpda=adaptive and (setup.mode == "bpda" or not all(d.differentiable for d in setup.parts)),
                   rejects=setup.detector is not None, accuracies={r.eps: r.robust_acc for r in results})
@@ -493,7 +653,8 @@ def combine(results: Sequence[EvalResult]) -> EvalResult:
     """The per-example worst case of single-attack cells of one model, eps and subset.
 
     An example is robust only if it is robust in every cell: the same rule as running the
-    attacks as one list, computed from stored bits instead of attacking again.
+    attacks as one list, computed from stored bits instead of attacking again. Its key is that
+    of :func:`~robustbench_lite.cell.worst_case_config` over the cells' keys.
     """
     if len(results) < 2:
         raise ValueError(f"combine needs at least two results, got {len(results)}")
@@ -504,9 +665,10 @@ def combine(results: Sequence[EvalResult]) -> EvalResult:
         if diff:
             raise ValueError(f"cannot combine results that differ in {', '.join(diff)}")
     attacks = tuple(a for r in results for a in r.attacks)
-    config = {"combined_from": sorted(r.key for r in results)}
+    keys = tuple(sorted(r.key for r in results))
     return _result(
-        top5_measured=all(r.robust_top5 is not None for r in results), key=cell_key(config), model=first.model, arch=first.arch, recipe=first.recipe, dataset=first.dataset,
+        top5_measured=all(r.robust_top5 is not None for r in results), key=digest(worst_case_config(keys)), combined_from=keys,
+        model=first.model, arch=first.arch, recipe=first.recipe, dataset=first.dataset,
         defense=first.defense, mode=first.mode, attacks=attacks, checks=next((r.checks for r in results if r.checks), ()), norm=first.norm, eps=first.eps, clean_acc=first.clean_acc,
         clean_top5=first.clean_top5, seconds=sum(r.seconds for r in results), seed=first.seed,
         data_sha256=first.data_sha256, weights_sha256=first.weights_sha256, versions=first.versions,

@@ -54,10 +54,14 @@ class Task:
 
 @dataclass(frozen=True)
 class Done:
-    """A finished task: its results, each with the configuration its key hashes."""
+    """A finished task: its results, each with the configuration its key hashes and its
+    provenance; the verdicts of its checks (key, config, verdicts); and the models it evaluated
+    (identity, card, source)."""
 
     task: Task
-    rows: tuple[tuple[EvalResult, dict[str, Any]], ...]
+    rows: tuple[tuple[EvalResult, Any, dict[str, Any]], ...]
+    checks: tuple[tuple[str, dict[str, Any], Any], ...] = ()
+    models: tuple[tuple[Any, Any, str | None], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -109,19 +113,27 @@ class Plugin:
 
 
 class _Collector:
-    """The store a task evaluates into: it keeps each cell's configuration and reads nothing."""
+    """The store a task evaluates into: it keeps what would be written and reads nothing."""
 
     def __init__(self) -> None:
-        self.configs: dict[str, dict[str, Any]] = {}
+        self.rows: dict[str, tuple[Any, dict[str, Any]]] = {}
+        self.checks: list[tuple[str, dict[str, Any], Any]] = []
+        self.models: list[tuple[Any, Any, str | None]] = []
 
     def get(self, key: str) -> None:
         return None
 
-    def put(self, result: EvalResult, config: dict[str, Any]) -> None:
-        self.configs[result.key] = config
+    def put(self, result: EvalResult, config: Any, provenance: dict[str, Any] | None = None) -> None:
+        self.rows[result.key] = (config, provenance or {})
 
-    def set_checks(self, key: str, checks: Any) -> None:
-        pass  # evaluate returns the results with their verdicts attached
+    def get_checks(self, key: str) -> None:
+        return None
+
+    def put_checks(self, key: str, config: dict[str, Any], verdicts: Any) -> None:
+        self.checks.append((key, config, verdicts))
+
+    def put_model(self, identity: Any, card: Any = None, source: str | None = None) -> None:
+        self.models.append((identity, card, source))
 
 
 def run_task(task: Task, model: LoadedModel, test: Split, plugins: Sequence[Plugin] = ()) -> Done:
@@ -134,8 +146,8 @@ def run_task(task: Task, model: LoadedModel, test: Split, plugins: Sequence[Plug
     got = tuple(r.key for r in results)
     if got != task.keys:  # the driver and the worker disagree on what the cell is: never store it
         raise RuntimeError(f"{task.label}: the worker computed cells {got} but the driver planned {task.keys} "
-                           "(different library versions or data on the worker?)")
-    return Done(task, tuple((r, sink.configs[r.key]) for r in results))
+                           "(different library versions, code or data on the worker?)")
+    return Done(task, tuple((r, *sink.rows[r.key]) for r in results), tuple(sink.checks), tuple(sink.models))
 
 
 def _error(exc: BaseException) -> str:
@@ -290,7 +302,11 @@ def execute(tasks: Sequence[Task], store: Any, executor: Executor, models: dict[
     start = time.perf_counter()
     for outcome in executor.run(pending, models, test, plugins, progress) if pending else ():
         if isinstance(outcome, Done):
+            for identity, card, source in outcome.models:
+                store.put_model(identity, card, source=source)
             store.put_many(outcome.rows)
+            for key, config, verdicts in outcome.checks:
+                store.put_checks(key, config, verdicts)
             store.clear_failures(outcome.task.keys)
             progress.done += len(outcome.task.keys)
         else:

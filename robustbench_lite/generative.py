@@ -10,6 +10,7 @@ defenses and generator attacks name a model this way, or by a checkpoint folder.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 import time
 from abc import ABC, abstractmethod
@@ -24,6 +25,7 @@ from tqdm.auto import tqdm
 from . import data as data_mod
 from .paths import cache_dir
 from .registry import GENERATIVE
+from .rng import PointStreams
 from .zoo.checkpoint import (
     CARD,
     WEIGHTS,
@@ -114,6 +116,13 @@ class LoadedGenerative:
     def weights_sha256(self) -> str:
         return self.card.weights_sha256
 
+    @functools.cached_property
+    def arch_sha256(self) -> str:
+        """The network's architecture fingerprint (its modules, attributes and code)."""
+        from .fingerprint import model_fingerprint
+
+        return model_fingerprint(self.model, type(self.model))[0]
+
 
 class GenerativeNotTrainedError(FileNotFoundError):
     pass
@@ -159,7 +168,7 @@ def train(kind: str, dataset: str = "fmnist", *, epochs: int | None = None, batc
     """
     from . import zoo
     from .attack import check_int, check_positive
-    from .engine import versions
+    from .provenance import versions
 
     model = build(kind, dataset, **hp)
     epochs = type(model).default_epochs if epochs is None else epochs
@@ -272,14 +281,15 @@ def evaluate(model: GenerativeModel, test: data_mod.Split, judge: Any, seed: int
 
 
 def invert(model: GenerativeModel, x: torch.Tensor, *, steps: int = 200, restarts: int = 10, lr: float = 10.0,
-           generator: torch.Generator | None = None) -> torch.Tensor:
+           generator: torch.Generator | PointStreams | None = None) -> torch.Tensor:
     """z* = argmin_z ||D(z) - x||^2 (per-pixel mean), by ``steps`` of gradient descent with
     momentum 0.7 from ``restarts`` standard-normal starts, the best start kept per image:
     Defense-GAN's projection onto the decoder's range (Samangouei 2018), shared by the
-    ``defense_gan`` purifier and the ``latent`` attack on a model without an encoder."""
+    ``defense_gan`` purifier and the ``latent`` attack on a model without an encoder. Each
+    image's starts come from its own random stream."""
     n, r = x.shape[0], restarts
     target = x.detach().repeat(r, *([1] * (x.ndim - 1)))
-    z = torch.randn(r * n, model.latent, generator=generator).to(x.device)
+    z = PointStreams.of(generator, n, x.device).normal((r, model.latent)).transpose(0, 1).reshape(r * n, model.latent)
     velocity = torch.zeros_like(z)
     with torch.enable_grad():
         for _ in range(steps):

@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 
 from . import data as data_mod
 from . import zoo
+from .cell import worst_case_config
 from .engine import EvalResult, cell_keys, combine
 from .executors import Executor, Failed, LocalExecutor, Plugin, Progress, Task, execute
 from .store import Store
@@ -57,7 +58,7 @@ PROFILES = {
         "quick",
         models=_zoo(("smallcnn", "resnet10t"), ("standard", "fast_at")),
         attacks=("fgsm", "bim", "pgd", "illc"),
-        n=500,  # make run, training included: 917 s on 2 cores from a clean clone (2026-11-28)
+        n=500,  # what `make run` evaluates, training included (its wall time: README)
     ),
     "full": Profile(
         "full",
@@ -129,8 +130,8 @@ def run_grid(profile: Profile, store: Store, *, data_dir: str | None = None, pro
             results += [r for r in row if r is not None]
             if all(r is not None for r in row):
                 worst = combine(row)
-                store.put(worst, {"combined_from": sorted(c.key for c in row)})
-                results.append(worst)
+                store.put(worst, worst_case_config(worst.combined_from))
+                results.append(store.get(worst.key) or worst)
     return Grid(results, failures)
 
 
@@ -150,8 +151,12 @@ def write_reports(store: Store, out: Path, headline_eps: float = HEADLINE_EPS) -
 
     from reports import site
 
-    ranked = set(leaderboard.frame(store).get("model", ()))
-    cards = [zoo.load_card(name) for name in zoo.trained() if name in ranked]
+    frame = leaderboard.frame(store)
+    ranked = set(frame.get("model", ()))
+    # Cards as they were when the model was evaluated, matched by weights: never the cache's
+    # current file under the same name (a retrained model has other weights).
+    shown = set(zip(frame["model_name"], frame["weights_sha256"])) if ranked else set()
+    cards = [c for c in store.cards() if (c.name, c.weights_sha256) in shown]
     written = leaderboard.write_all(store, out, headline_eps=headline_eps, cards=cards) if ranked else []
     if ranked and not leaderboard.table(store, headline_eps).empty:
         tex = site.latex(store, headline_eps)
@@ -159,5 +164,32 @@ def write_reports(store: Store, out: Path, headline_eps: float = HEADLINE_EPS) -
         written.append(Path(out) / "leaderboard.tex")
         written += site.write_robustbench(store, Path(out) / "robustbench", headline_eps)
         # The site draws the galleries itself, into its experiments/ folder; write_all drew the plots.
-        return written + site.write_site(store, out, headline_eps, plotted=True)
-    return written + galleries.write_all(store, out)
+        written += site.write_site(store, out, headline_eps, plotted=True)
+    else:
+        written += galleries.write_all(store, out)
+    return written + [write_manifest(store, Path(out))]
+
+
+def write_manifest(store: Store, out: Path) -> Path:
+    """``manifest.json`` in a report folder: what produced it (the commit, the library versions, the
+    machine) and every stored cell behind it (key, model and weights, attacks, eps, n, robust
+    accuracy), so that a reader can tell what the figures rest on and ``rbl verify`` them."""
+    import json
+
+    from reports.leaderboard import _atomic
+
+    from .provenance import commit, machine, now, versions
+
+    cells = [{"key": r.key, "model": r.model, "weights_sha256": r.weights_sha256, "defense": r.defense, "mode": r.mode,
+              "attacks": list(r.attacks), "norm": r.norm, "eps": r.eps, "n": r.n, "clean_acc": r.clean_acc,
+              "robust_acc": r.robust_acc, "combined_from": list(r.combined_from),
+              "checks_failed": [v.name for v in r.failed_checks]} for r in store.results()]
+    manifest = {"written": now(), "store": str(store.path), **commit(), "versions": versions(), "machine": machine(),
+                "models": [{k: m[k] for k in ("name", "weights_sha256", "source")} | {"arch": m["identity"]["arch"],
+                                                                                    "arch_sha256": m["identity"]["arch_sha256"]}
+                           for m in store.models()],
+                "cells": cells, "legacy_cells": len(store.legacy())}
+    path = out / "manifest.json"
+    text = json.dumps(manifest, indent=1) + "\n"
+    _atomic(path, lambda p: Path(p).write_text(text))
+    return path

@@ -55,6 +55,22 @@ def render(config: dict[str, Any], key: str) -> str:
     return name + (":" + ",".join(f"{k}={arg(v)}" for k, v in cfg.items()) if cfg else "")
 
 
+def from_config(registry: Any, config: dict[str, Any], key: str) -> Any:
+    """A method back from its stored config (the name under ``key``, the hyperparameters beside
+    it; the ``*_sha256`` entries identify what it loads and are not arguments). JSON lists come
+    back as the tuples a frozen dataclass holds."""
+    def tuples(v: Any) -> Any:
+        return tuple(tuples(i) for i in v) if isinstance(v, list) else v
+
+    kw = {k: tuples(v) for k, v in config.items() if k != key and not k.endswith("_sha256")}
+    name = config[key]
+    entry = registry.get(name)
+    try:
+        return entry.obj(**kw)
+    except TypeError as exc:
+        raise ValueError(f"the stored {registry.kind} {name!r} does not take {sorted(kw)} in this version: {exc}") from exc
+
+
 def create(registry: Any, spec: str) -> Any:
     """Instantiate a spec from a registry, turning bad keywords into a ValueError naming the allowed ones."""
     name, kw = parse(spec)

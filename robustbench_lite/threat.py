@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from .rng import PointStreams
 
 NORMS = ("linf", "l2")
 
@@ -52,16 +56,19 @@ class Threat:
             delta = delta * factor.view(-1, *([1] * (delta.ndim - 1)))
         return (x + delta).clamp(*self.bounds)
 
-    def random_start(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """A uniform sample from the ball (Madry 2018), clipped to the box."""
+    def random_start(self, x: torch.Tensor, generator: "torch.Generator | PointStreams | None") -> torch.Tensor:
+        """A uniform sample from the ball (Madry 2018), clipped to the box; each point's from its own stream."""
+        from .rng import PointStreams
+
         if not math.isfinite(self.eps):
             raise ValueError("random start needs a finite eps")
+        streams = PointStreams.of(generator, x.shape[0], x.device)
+        shape = x.shape[1:]
         if self.norm == "linf":
-            u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-            delta = (2 * u - 1) * self.eps
+            delta = (2 * streams.random(shape, x.dtype) - 1) * self.eps
         else:
-            g = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device).flatten(1)
+            g = streams.normal(shape, x.dtype).flatten(1)
             d = g.shape[1]
-            r = torch.rand(g.shape[0], 1, generator=generator, dtype=x.dtype, device=x.device) ** (1.0 / d)
+            r = streams.random((1,), x.dtype) ** (1.0 / d)
             delta = (g / g.norm(dim=1, keepdim=True).clamp_min(1e-12) * r * self.eps).view_as(x)
         return (x + delta).clamp(*self.bounds)

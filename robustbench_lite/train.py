@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 
 from . import data as data_mod
 from . import zoo
-from .engine import predict, versions
+from .engine import predict
+from .provenance import versions
 from .attack import check_int
 from .registry import ATTACKS, MODELS, RECIPES
 from .threat import Threat

@@ -2,6 +2,8 @@
 parametrize_with_checks idea): a new attack gets these checks without writing a test."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -67,6 +69,24 @@ def test_strictly_lowers_accuracy_of_a_trained_model(case, trained, batch):
 
 def test_eps_zero_returns_the_input(case, trained, batch):
     _check(conformance.attack_eps_zero, case, trained, batch)
+
+
+def test_a_batch_invariant_attack_is_one(case, trained, batch):
+    if not case[0].batch_invariant:
+        pytest.skip(f"{type(case[0]).__name__} does not declare batch_invariant: its cells are keyed by the batch size")
+    _check(conformance.attack_batches, case, trained, batch)
+
+
+def test_the_batch_check_catches_an_attack_that_couples_its_points(trained, batch):
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Coupled(Attack):
+        batch_invariant = True  # a false declaration: the step depends on the batch's mean gradient
+
+        def run(self, model, x, y, threat, generator):
+            return threat.project(x + threat.eps * (x - x.mean(0, keepdim=True)).sign(), x)
+
+    problem = conformance.attack_batches(Coupled(), trained.model, batch[0], batch[1], Threat("linf", 0.1))
+    assert problem is not None and "declares batch_invariant but" in problem
 
 
 @pytest.mark.parametrize("name", ATTACKS.names())

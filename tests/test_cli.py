@@ -113,7 +113,7 @@ def test_list_and_leaderboard(trained, store_path, capsys, tmp_path):
     assert main(["leaderboard", "--out", str(tmp_path / "rep"), "--store", str(store_path)]) == 0
     assert {p.name for p in (tmp_path / "rep").iterdir()} == {"leaderboard.md", "leaderboard.csv", "leaderboard.json",
                                                               "leaderboard.tex", "accuracy_vs_eps.png", "training_curves.png",
-                                                              "index.html", "models", "robustbench"}
+                                                              "index.html", "models", "robustbench", "manifest.json"}
 
 
 def test_train_command(tmp_path, capsys):

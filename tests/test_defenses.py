@@ -43,6 +43,24 @@ def test_randomness_is_declared_and_seeded(defense, batch):
     assert problem is None, f"{type(defense).__name__} {problem}"
 
 
+def test_a_batch_invariant_defense_is_one(defense, batch):
+    if not type(defense).batch_invariant:
+        pytest.skip(f"{type(defense).__name__} does not declare batch_invariant: its cells are keyed by the batch size")
+    problem = conformance.defense_batches(defense, batch[0])
+    assert problem is None, problem
+
+
+def test_the_batch_check_catches_a_defense_that_normalises_over_its_batch(batch):
+    class ByBatch(Defense):
+        batch_invariant = True  # a false declaration
+
+        def transform(self, x, generator):
+            return (x - x.mean(0) + 0.5).clamp(0, 1)
+
+    problem = conformance.defense_batches(ByBatch(), batch[0])
+    assert problem is not None and "declares batch_invariant but" in problem
+
+
 def test_differentiability_is_declared_honestly(defense, batch):
     problem = conformance.defense_gradients(defense, batch[0])
     assert problem is None, f"{type(defense).__name__} {problem}"
@@ -100,16 +118,26 @@ def test_defended_cells_are_keyed_apart_and_reproducible(trained, fmnist_test, t
         assert len({plain.key, adaptive.key, oblivious.key}) == 3 and len(store) == 3
         config = store.config(adaptive.key)
     assert (adaptive.defense, adaptive.mode, oblivious.mode, plain.mode) == ("gaussian_noise:sigma=0.12", "adaptive", "oblivious", "none")
-    assert config["predict"] == "majority of 3 passes" and config["eot"] == 2
+    assert config["votes"] == 3 and config["eot"] == 2
+    assert config["batch_size"] == 500  # a random defense draws per batch, so the batch size is part of the key
     again = evaluate(trained, fmnist_test, ["pgd:steps=5"], [0.1], **kw)[0]
     assert (again.robust == adaptive.robust).all() and again.clean_acc == adaptive.clean_acc
 
 
-# At this test's budget (PGD-20, EOT-8, 5 votes, a 2-epoch model whose undefended PGD accuracy is
-# about 20%), the random defenses keep 6-10 points over the undefended model: PGD-100 with EOT-16
-# still leaves Gaussian noise at 27% against 20.5%, some of it the genuine smoothing of a noisy
-# majority vote. Deterministic ones fall to the undefended number, as in Athalye 2018.
-SLACK = {"gaussian_noise": 0.12, "random_resize_pad": 0.12, "tv_min": 0.15}
+# What the preprocessors keep over the undefended model under this test's adaptive attack (PGD-20,
+# EOT-8, 5 votes, n = 200, the 2-epoch fixture): a random defense keeps some genuine robustness (a
+# noisy majority vote smooths the classifier), a deterministic one almost none (Athalye 2018).
+# Each bound is the largest excess over fixtures trained from six seeds (standing in for other
+# CPUs; `python scripts/test_margins.py` prints them), plus 0.06: two binomial standard errors of an
+# accuracy near 0.3 on 200 points. A broken BPDA leaves a non-differentiable defense near its clean
+# accuracy, far above these bounds; a missing EOT leaves a random one well above them.
+SLACK = {"bit_depth": 0.05, "jpeg": 0.10, "median": 0.12, "gaussian_noise": 0.15, "random_resize_pad": 0.22, "tv_min": 0.20}
+# Where the oblivious evaluation overstates robustness by far on every seed, the adaptive one must
+# take back at least half of that excess (the same script prints the margin to this bound).
+# bit_depth's oblivious excess is small, and random_resize_pad's adaptive attack is weaker than
+# transfer from the bare model on some fixtures (the engine's adaptive_vs_oblivious check flags
+# exactly that), so neither is held to it.
+OVERSTATED = ("gaussian_noise", "jpeg", "median", "tv_min")
 
 
 @pytest.mark.slow
@@ -122,8 +150,9 @@ def test_adaptive_attack_breaks_what_the_oblivious_one_reports(name, trained, fm
     adaptive = evaluate(trained, fmnist_test, attack, [0.1], **kw)[0]
     oblivious = evaluate(trained, fmnist_test, attack, [0.1], mode="oblivious", **kw)[0]
     numbers = (name, undefended, adaptive.robust_acc, oblivious.robust_acc)
-    assert adaptive.robust_acc <= undefended + SLACK.get(name, 0.05), numbers
-    assert adaptive.robust_acc < oblivious.robust_acc or oblivious.robust_acc <= undefended + 0.02, numbers
+    assert adaptive.robust_acc <= undefended + SLACK[name], numbers
+    if name in OVERSTATED:
+        assert adaptive.robust_acc - undefended <= 0.5 * (oblivious.robust_acc - undefended), numbers
     assert adaptive.clean_acc > 0.5
 
 

@@ -9,6 +9,8 @@ from robustbench_lite.data import DATASETS
 from robustbench_lite.registry import MODELS
 from robustbench_lite.zoo.denoise import DenoiseBlock
 
+from .conftest import SEED
+
 INFO = DATASETS["fmnist"]
 
 
@@ -66,7 +68,7 @@ def test_gradients_reach_the_blocks_and_an_epoch_learns(tmp_path):
     torch.nn.functional.cross_entropy(model(x), torch.zeros(8, dtype=torch.long)).backward()
     blocks = [m for m in model.modules() if isinstance(m, DenoiseBlock)]
     assert all(b.conv.weight.grad is not None and b.conv.weight.grad.abs().sum() > 0 for b in blocks)
-    card = train(TrainConfig(arch="smallcnn_denoise", epochs=1, train_subset=3000, monitor_n=100), out=tmp_path / "m")
+    card = train(TrainConfig(arch="smallcnn_denoise", epochs=1, train_subset=3000, monitor_n=100, seed=SEED), out=tmp_path / "m")
     assert card.arch == "smallcnn_denoise" and card.clean_acc > 0.6
 
 
@@ -93,7 +95,7 @@ def test_twins_table_pairs_a_denoise_model_with_its_plain_twin(trained, fmnist_t
 
     from .conftest import evaluate
 
-    train(TrainConfig(arch="smallcnn_denoise", epochs=1, train_subset=2000, monitor_n=50), out=tmp_path / "dn")
+    train(TrainConfig(arch="smallcnn_denoise", epochs=1, train_subset=2000, monitor_n=50, seed=SEED), out=tmp_path / "dn")
     denoise = zoo.load_checkpoint(tmp_path / "dn")
     with Store(tmp_path / "s.sqlite") as store:
         cells = {lm.name: evaluate(lm, fmnist_test, ["pgd:steps=5"], [0.1], n=100, store=store)[0] for lm in (trained, denoise)}

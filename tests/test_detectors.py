@@ -78,11 +78,17 @@ def test_joint_surface_has_gradients_through_the_detector(fitted, trained, batch
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
 
 
+# The tiny test DAE's reconstruction error only separates the larger perturbations: at eps 0.1 it
+# catches too few of the classifier-only attack's examples for 200 points to tell the two attacks
+# apart, at 0.15 many, on every fixture seed (`python scripts/test_margins.py` prints the rates).
+EPS = {"magnet_detector": 0.15}
+
+
 @pytest.mark.parametrize("name", DETECTORS)
 def test_joint_attack_is_caught_less_than_the_classifier_only_attack(name, trained, fmnist_test, calibration, request):
     if name == "magnet_detector":
         request.getfixturevalue("generative_zoo")
-    kw = dict(eps=[0.1], n=200, defense=[FAST[name]], calibration=calibration)
+    kw = dict(eps=[EPS.get(name, 0.1)], n=200, defense=[FAST[name]], calibration=calibration)
     # Full-length PGD: an early-stopped one leaves its examples at the boundary, where even
     # the classifier-only attack is rarely caught.
     attack = ["pgd:steps=20,early_stop=False"]

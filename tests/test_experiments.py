@@ -17,6 +17,8 @@ from robustbench_lite.registry import EXPERIMENTS
 from robustbench_lite.store import Store
 from robustbench_lite.threat import Threat
 
+from .conftest import SEED
+
 
 @pytest.fixture(scope="module")
 def correct(trained, batch):
@@ -76,7 +78,7 @@ def test_transfer_matrices_and_artifacts(trained, fmnist_train, fmnist_test, tmp
     from robustbench_lite import zoo
     from robustbench_lite.train import TrainConfig, train
 
-    train(TrainConfig(arch="smallcnn", epochs=1, train_subset=3000, seed=3), out=tmp_path / "other")
+    train(TrainConfig(arch="smallcnn", epochs=1, train_subset=3000, seed=SEED + 3), out=tmp_path / "other")
     other = zoo.load_checkpoint(tmp_path / "other")
     other = zoo.LoadedModel("smallcnn-other", other.model, other.dataset, other.weights_sha256)
     exp = EXPERIMENTS.create("universal", method="sgd", n_train=500, n_test=200, passes=2)

@@ -35,8 +35,8 @@ def test_nonrobust_builds_both_sets_trains_on_them_and_writes_its_page(trained, 
     t = tensors
     assert torch.equal(t["deterministic_labels"], (t["labels"] + 1) % 10)
     assert (t["deterministic"] - t["originals"]).abs().max() <= 0.1 + 1 / 255 + 1e-6
-    # (The tiny test model resists PGD towards a fixed class more than the zoo's: about 20% here,
-    # 91% on smallcnn-fmnist-standard; unperturbed images read as y + 1 about 1% of the time.)
+    # The tiny test model resists PGD towards a fixed class far more than the zoo's, so the bound
+    # is loose: a tenth of the images, and five times the rate at which unperturbed ones read as y + 1.
     sub = train.first(TINY["n"])
     with torch.no_grad():
         clean_rate = float((trained.model(sub.floats()).argmax(1) == (sub.labels + 1) % 10).float().mean())

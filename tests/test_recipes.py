@@ -9,17 +9,17 @@ from robustbench_lite.registry import RECIPES
 from robustbench_lite import train as train_mod
 from robustbench_lite.train import TrainConfig, train
 
-from .conftest import evaluate
+from .conftest import SEED, evaluate
 
-BUDGET = dict(arch="smallcnn", epochs=2, train_subset=5000, seed=0)
+BUDGET = dict(arch="smallcnn", epochs=2, train_subset=5000, seed=SEED)
 
 
 @pytest.fixture(scope="module")
 def standard_models(tmp_path_factory):
     """Two separately trained standard models: the baseline, and the static sources of ensemble_at."""
     root = tmp_path_factory.mktemp("std")
-    for seed in (0, 1):
-        train(TrainConfig(recipe="standard", **BUDGET | {"seed": seed}), out=root / f"seed{seed}")
+    for i in (0, 1):
+        train(TrainConfig(recipe="standard", **BUDGET | {"seed": SEED + i}), out=root / f"seed{i}")
     return [root / "seed0", root / "seed1"]
 
 
@@ -92,7 +92,7 @@ def test_fast_at_stops_a_run_configured_to_overfit(tmp_path):
     best = max(card.curves, key=lambda row: row["pgd_acc_train"])
     assert f"kept the weights of epoch {best['epoch']}" in card.notes[0]
     kept = zoo.load_checkpoint(tmp_path / "bad").model
-    assert train_mod._Monitor(*_monitor_sets(300), 0.3, 0)(kept)["pgd_acc_train"] == best["pgd_acc_train"]
+    assert train_mod._Monitor(*_monitor_sets(300), 0.3, SEED)(kept)["pgd_acc_train"] == best["pgd_acc_train"]
     healthy = train(TrainConfig(recipe="fast_at", **BUDGET | {"epochs": 6, "monitor_n": 300}), out=tmp_path / "ok")
     assert len(healthy.curves) == 6 and healthy.notes == []
 

@@ -12,7 +12,7 @@ from robustbench_lite.registry import ATTACKS
 from robustbench_lite.threat import Threat
 from robustbench_lite.train import TrainConfig, train
 
-from .conftest import accuracy, evaluate
+from .conftest import SEED, accuracy, evaluate
 
 
 def test_dlr_ignores_shift_and_scale_of_the_logits():
@@ -92,7 +92,7 @@ def test_square_refuses_l2(trained, batch):
 def surrogate(tmp_path_factory):
     """A second small CNN, trained on other data with another seed: a genuine surrogate."""
     out = tmp_path_factory.mktemp("surrogate")
-    train(TrainConfig(arch="smallcnn", epochs=1, train_subset=5000, seed=1), out=out)
+    train(TrainConfig(arch="smallcnn", epochs=1, train_subset=5000, seed=SEED + 1), out=out)
     return str(out)
 
 

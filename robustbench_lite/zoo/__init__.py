@@ -2,8 +2,10 @@
 ``<arch>-<dataset>-<recipe>`` (e.g. ``smallcnn-fmnist-standard``) in the user cache."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -28,6 +30,8 @@ class LoadedModel:
     dataset: str
     weights_sha256: str
     card: ModelCard | None = None
+    arch: str | None = None  # the architecture it was built as (the card's, or --arch)
+    source: str | None = None  # where it was loaded from: a zoo name or a checkpoint path
 
 
 def zoo_name(arch: str, dataset: str, recipe: str) -> str:
@@ -75,7 +79,7 @@ def load(name: str) -> LoadedModel:
         raise ModelNotTrainedError(
             f"zoo model {name!r} has no checkpoint in {d}; train it with "
             f"`rbl train --arch {arch} --dataset {dataset} --recipe {recipe}` (or `rbl run` trains its profile)")
-    return load_checkpoint(d / WEIGHTS)
+    return dataclasses.replace(load_checkpoint(d / WEIGHTS), source=name)
 
 
 def is_path(source: str) -> bool:
@@ -110,8 +114,18 @@ def load_checkpoint(path: str | Path, arch: str | None = None, dataset: str | No
     load_into(model, state, path)
     model.eval()
     sha = card.weights_sha256 if card else file_sha256(path)
-    return LoadedModel(card.name if card else path.stem, model, dataset, sha, card)
+    return LoadedModel(card.name if card else path.stem, model, dataset, sha, card, arch=arch, source=str(path))
 
 
-__all__ = ["CheckpointError", "LoadedModel", "ModelCard", "ModelNotTrainedError", "Normalized", "build",
+def builder(arch: str) -> Any:
+    """The function that builds ``arch`` (a registered name or ``timm:<name>``), or None for an
+    architecture the zoo does not know (a user's own module)."""
+    from .archs import _timm
+
+    if arch.startswith("timm:"):
+        return _timm
+    return MODELS.get(arch).obj if arch in MODELS else None
+
+
+__all__ = ["CheckpointError", "LoadedModel", "ModelCard", "ModelNotTrainedError", "Normalized", "build", "builder",
            "checkpoint_dir", "is_trained", "load", "load_card", "trained", "load_checkpoint", "parse_name", "save", "zoo_name"]

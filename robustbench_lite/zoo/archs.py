@@ -24,9 +24,9 @@ class Normalized(nn.Module):
         return self.net((x - self.mean) / self.std)
 
 
-# recipes: per-recipe defaults of the training loop where they differ from the arch's (adversarial
-# training converges slower; fast_at at batch 128 or lr 5e-3 stays under 0.72 PGD accuracy, and at
-# batch 64 with lr 2e-3 it overfits catastrophically in epoch 7). Wall times: README's zoo table.
+# recipes: per-recipe defaults of the training loop where they differ from the arch's: adversarial
+# training converges slower, and fast_at needs a smaller batch and learning rate to become robust
+# without overfitting catastrophically (scripts/train_cost.py; wall times: README's zoo table).
 @MODELS.register("smallcnn", family="small CNN", epochs=10, lr=2e-3,
                  recipes={"fast_at": dict(epochs=15, lr=1e-3, batch_size=64), "pgd_at": dict(epochs=30),
                           "trades": dict(epochs=15)})
@@ -54,7 +54,7 @@ def _timm(model_name: str, info: DatasetInfo, pretrained: str | None = None, **o
     return timm.create_model(model_name, pretrained=False, **kw)
 
 
-# One epoch of fast_at brings `make run` (which trains it) from 1019 s to 917 s on 2 cores.
+# One epoch of fast_at: `make run` trains it, and the ResNet dominates its wall time.
 @MODELS.register("resnet10t", family="ResNet (timm)", epochs=2, lr=2e-3, recipes={"fast_at": dict(epochs=1)})
 def resnet10t(info: DatasetInfo, pretrained: str | None = None) -> nn.Module:
     """ResNet-10-T from timm ("Bag of Tricks", He et al., 2019, arXiv:1812.01187): tiered stem, 4.9M parameters."""

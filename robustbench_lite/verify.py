@@ -1,0 +1,275 @@
+"""``rbl verify``: re-run stored cells from their stored configs and compare the per-example bits.
+
+A stored cell holds everything that decided it (``cell.CellConfig``), so it can be recomputed
+from the store alone, given the model's weights and the data: the weights are found by the
+cell's model source (a zoo name or a checkpoint path), the zoo cache, or ``--models`` folders,
+and are only used when their sha256 is the one the cell was computed on. A worst-case row is
+recombined from the stored cells it names. A cell of the first key scheme (``store.Store.legacy``)
+is re-run from what its old config holds.
+
+Each cell ends ``identical`` (every robust and top-5 bit, and every accuracy, as stored),
+``MISMATCH`` (what differs, and how many points), or ``unavailable`` (what is missing to re-run
+it: weights, data, a plugin); a row the store refuses (``StoreIntegrityError``) is a mismatch.
+Where the code or the libraries changed since the cell was stored, the note says which, so an
+identical result under new code and a changed one can be told apart.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from . import data as data_mod
+from . import specs, zoo
+from .cell import SCHEMA, CellConfig, digest
+from .engine import EvalResult, cell_configs, evaluate
+from .registry import ATTACKS, DEFENSES
+from .store import Store, StoreIntegrityError, _checked, _result
+
+IDENTICAL, MISMATCH, UNAVAILABLE = "identical", "MISMATCH", "unavailable"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One verified row."""
+
+    key: str
+    kind: str  # cell, worst case, legacy cell
+    label: str
+    eps: float | None
+    n: int | None
+    stored: float | None  # stored robust accuracy
+    recomputed: float | None
+    status: str
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == IDENTICAL
+
+
+class _Unavailable(Exception):
+    """What is missing to re-run a cell."""
+
+
+def verify(store: Store, *, sample: int | None = None, seed: int = 0, data_dir: str | None = None,
+           models: Sequence[str | Path] = (), on_outcome: Callable[[Outcome], Any] | None = None) -> list[Outcome]:
+    """Re-run ``sample`` stored rows (all by default), chosen with ``seed``; see the module docstring."""
+    rows = store._db.execute("SELECT key, schema, config, row, robust, provenance FROM results ORDER BY rowid").fetchall()
+    if sample is not None:
+        if sample <= 0:
+            raise ValueError(f"--sample must be a positive integer, got {sample}")
+        rows = sorted(random.Random(seed).sample(rows, min(sample, len(rows))), key=rows.index)
+    ctx = _Context(store, data_dir, [Path(m) for m in models])
+    out = []
+    for key, schema, config_text, row_text, bits, provenance in rows:
+        outcome = _one(ctx, key, schema, config_text, row_text, bits, json.loads(provenance or "{}"))
+        out.append(outcome)
+        if on_outcome:
+            on_outcome(outcome)
+    return out
+
+
+def _one(ctx: "_Context", key: str, schema: int, config_text: str, row_text: str, bits: bytes,
+         provenance: dict[str, Any]) -> Outcome:
+    config = json.loads(config_text)
+    record = json.loads(row_text)
+    label = f"{record.get('model')} / {'+'.join(record.get('attacks', ()))}" + (
+        f" / {record['defense']} [{record.get('mode')}]" if record.get("defense", "none") != "none" else "")
+    base = dict(key=key, label=label, eps=record.get("eps"), n=record.get("n"), stored=record.get("robust_acc"))
+    if schema != SCHEMA:
+        stored = _result(record, bits)
+        try:
+            fresh = _rerun_legacy(ctx, config, provenance)
+        except _Unavailable as exc:
+            return Outcome(kind="legacy cell", recomputed=None, status=UNAVAILABLE, note=str(exc), **base)
+        return _compare(stored, fresh, "legacy cell", base, "computed under the first key scheme")
+    try:
+        stored = _checked(key, config_text, row_text, bits)
+    except StoreIntegrityError as exc:
+        return Outcome(kind="cell", recomputed=None, status=MISMATCH, note=str(exc), **base)
+    if config.get("kind") == "worst_case":
+        parts = [ctx.store.get(k) for k in config["combined_from"]]
+        if any(p is None for p in parts):
+            return Outcome(kind="worst case", recomputed=None, status=UNAVAILABLE,
+                           note="a cell it combines is not in the store", **base)
+        robust = np.logical_and.reduce([p.robust for p in parts])  # type: ignore[union-attr]
+        top5 = np.logical_and.reduce([p.robust_top5_mask for p in parts])  # type: ignore[union-attr]
+        fresh = dataclasses.replace(stored, robust=robust, robust_top5_mask=top5, robust_acc=float(robust.mean()))
+        return _compare(stored, fresh, "worst case", base, "recombined from its stored cells")
+    try:
+        cell = CellConfig.from_dict(config)
+        fresh, now = _rerun(ctx, cell, provenance)
+    except _Unavailable as exc:
+        return Outcome(kind="cell", recomputed=None, status=UNAVAILABLE, note=str(exc), **base)
+    return _compare(stored, fresh, "cell", base, _changes(cell, now))
+
+
+def _compare(stored: EvalResult, fresh: EvalResult, kind: str, base: dict[str, Any], note: str) -> Outcome:
+    diffs = []
+    for name, a, b in (("robust", stored.robust, fresh.robust), ("top-5", stored.robust_top5_mask, fresh.robust_top5_mask)):
+        if a.shape != b.shape:
+            diffs.append(f"{name} bits for {len(a)} vs {len(b)} points")
+        elif not np.array_equal(a, b):
+            diffs.append(f"{name} bits differ at {int((a != b).sum())} of {len(a)} points")
+    for name in ("clean_acc", "robust_acc", "clean_top5", "robust_top5", "caught", "clean_rejected", "detection_auc"):
+        a, b = getattr(stored, name), getattr(fresh, name)
+        if a != b and not (isinstance(a, float) and isinstance(b, float) and abs(a - b) < 1e-12):
+            diffs.append(f"{name} {a} stored, {b} now")
+    status = MISMATCH if diffs else IDENTICAL
+    return Outcome(kind=kind, recomputed=fresh.robust_acc, status=status, note="; ".join(diffs + ([note] if note else [])),
+                   **base)
+
+
+def _changes(stored: CellConfig, now: CellConfig) -> str:
+    """What differs between the config a cell was stored under and the one this code gives it."""
+    if stored == now:
+        return ""
+    out = []
+    for f in dataclasses.fields(CellConfig):
+        a, b = getattr(stored, f.name), getattr(now, f.name)
+        if a == b:
+            continue
+        if f.name in ("attacks", "defenses"):
+            for x, y in zip(a, b, strict=False):
+                if x != y:
+                    what = x.get("attack", x.get("defense"))
+                    fields = sorted(k for k in set(x) | set(y) if x.get(k) != y.get(k))
+                    out.append(f"{what}: {', '.join('code' if k == 'code_sha256' else k for k in fields)} changed")
+        elif f.name == "versions":
+            out.append("libraries " + ", ".join(f"{k} {a.get(k)} -> {b.get(k)}" for k in sorted(set(a) | set(b))
+                                                 if a.get(k) != b.get(k)))
+        elif f.name == "engine_sha256":
+            out.append("engine code changed")
+        elif f.name == "model":
+            out.append("model " + ", ".join(k for k in ("arch", "arch_sha256", "weights_sha256", "name")
+                                            if getattr(a, k) != getattr(b, k)) + " changed")
+        else:
+            out.append(f"{f.name} {a!r} -> {b!r}")
+    return "stored under other code: " + "; ".join(out)
+
+
+class _Context:
+    """What re-running needs, loaded once: models by weights hash, data splits."""
+
+    def __init__(self, store: Store, data_dir: str | None, folders: list[Path]):
+        self.store = store
+        self.data_dir = data_dir
+        self.folders = folders
+        self._models: dict[str, zoo.LoadedModel] = {}
+        self._splits: dict[tuple[str, str], data_mod.Split] = {}
+
+    def split(self, dataset: str, split: str) -> data_mod.Split:
+        if (dataset, split) not in self._splits:
+            try:
+                self._splits[(dataset, split)] = data_mod.load(dataset, split, data_dir=self.data_dir)
+            except (data_mod.DatasetNotFoundError, ValueError) as exc:
+                raise _Unavailable(f"data: {exc}") from exc
+        return self._splits[(dataset, split)]
+
+    def model(self, name: str, weights: str, arch: str | None, dataset: str, source: str | None) -> zoo.LoadedModel:
+        if weights in self._models:
+            return self._models[weights]
+        tried = []
+        for candidate in self._candidates(name, source):
+            try:
+                lm = zoo.load_checkpoint(candidate, arch=None if _has_card(candidate) else arch, dataset=dataset)
+            except (zoo.CheckpointError, ValueError, FileNotFoundError) as exc:
+                tried.append(f"{candidate} ({exc})")
+                continue
+            if lm.weights_sha256 == weights:
+                self._models[weights] = lm = dataclasses.replace(lm, name=name, source=source or lm.source)
+                return lm
+            tried.append(f"{candidate} (weights {lm.weights_sha256[:12]}...)")
+        raise _Unavailable(f"the weights {weights[:12]}... of {name} were not found"
+                           + (f"; tried {'; '.join(tried)}" if tried else "") + " (give their folder with --models)")
+
+    def _candidates(self, name: str, source: str | None) -> list[Path]:
+        out: list[Path] = []
+        if source:
+            out.append(Path(source) if zoo.is_path(source) else zoo.checkpoint_dir(source))
+        out.append(zoo.checkpoint_dir(name))
+        for folder in self.folders:
+            out += [folder / name, folder] + sorted(folder.glob("*/" + zoo.checkpoint.WEIGHTS)) + sorted(folder.glob("*.safetensors"))
+        return [p for p in dict.fromkeys(out) if p.exists()]
+
+
+def _has_card(path: Path) -> bool:
+    p = path / zoo.checkpoint.WEIGHTS if path.is_dir() else path
+    return p.with_suffix(".json").is_file() or (p.parent / zoo.checkpoint.CARD).is_file()
+
+
+def _methods(configs: Sequence[dict[str, Any]], registry: Any, key: str) -> list[Any]:
+    out = []
+    for c in configs:
+        if c[key] not in registry:
+            raise _Unavailable(f"{registry.kind} {c[key]!r} is not registered here (load its plugin with --plugin)")
+        out.append(specs.from_config(registry, c, key))
+    return out
+
+
+def _rerun(ctx: _Context, cell: CellConfig, provenance: dict[str, Any]) -> tuple[EvalResult, CellConfig]:
+    lm = ctx.model(cell.model.name, cell.model.weights_sha256, cell.model.arch, cell.dataset, provenance.get("model_source"))
+    split = ctx.split(cell.dataset, cell.split)
+    if len(split) < cell.n or split.first(cell.n).sha256() != cell.data_sha256:
+        raise _Unavailable(f"the first {cell.n} points of {cell.dataset}/{cell.split} here are not the ones the cell used")
+    attacks = _methods(cell.attacks, ATTACKS, "attack")
+    defenses = _methods(cell.defenses, DEFENSES, "defense")
+    calibration = None
+    if cell.calibration is not None:
+        calibration = ctx.split(cell.dataset, cell.calibration["split"])
+    kw = dict(norm=cell.norm, n=cell.n, seed=cell.seed, batch_size=cell.batch_size or provenance.get("batch_size") or 500,
+              defense=defenses, mode=cell.mode if cell.defenses else "adaptive", eot=cell.eot, votes=cell.votes,
+              calibration=calibration)
+    now = cell_configs(lm, split, attacks, [cell.eps], **kw)[0]  # type: ignore[arg-type]
+    return evaluate(lm, split, attacks, [cell.eps], checks=None, **kw)[0], now  # type: ignore[arg-type]
+
+
+def _rerun_legacy(ctx: _Context, config: dict[str, Any], provenance: dict[str, Any]) -> EvalResult:
+    """A schema-1 cell: its config named the model, weights, attacks, defenses and data, but no
+    architecture or code; it is re-run with this code and the bits are compared."""
+    if "combined_from" in config:
+        raise _Unavailable("a legacy worst case: verify the cells it combined")
+    name, weights = config["model"], config["weights_sha256"]
+    try:
+        arch = zoo.parse_name(name)[0]
+    except ValueError:
+        arch = None
+    lm = ctx.model(name, weights, arch, config["dataset"], provenance.get("model_source"))
+    split = ctx.split(config["dataset"], "test")
+    n = config["n"]
+    if split.first(n).sha256() != config["data_sha256"]:
+        raise _Unavailable(f"the first {n} test points here are not the ones the cell used")
+    attacks = _methods(config["attacks"], ATTACKS, "attack")
+    defenses = _methods(config.get("defense", []), DEFENSES, "defense")
+    votes = int(str(config.get("predict", "")).split()[2]) if str(config.get("predict", "")).startswith("majority") else 1
+    calibration = ctx.split(config["dataset"], "train") if "calibration_sha256" in config else None
+    return evaluate(lm, split, attacks, [config["eps"]], norm=config["norm"], n=n, seed=config["seed"], defense=defenses,
+                    mode=config.get("mode", "adaptive"), eot=config.get("eot", 1), votes=votes, checks=None,
+                    calibration=calibration)[0]
+
+
+def table(outcomes: Sequence[Outcome]) -> str:
+    """The Markdown table ``rbl verify`` prints."""
+    def pct(v: float | None) -> str:
+        return "–" if v is None else f"{100 * v:.1f}"
+
+    lines = ["| key | kind | cell | eps | n | stored % | now % | status | note |", "|---|---|---|---:|---:|---:|---:|---|---|"]
+    for o in outcomes:
+        eps = "–" if o.eps is None else f"{o.eps:g}"
+        lines.append(f"| `{o.key[:12]}` | {o.kind} | {o.label} | {eps} | {o.n if o.n is not None else '–'} | {pct(o.stored)} | "
+                     f"{pct(o.recomputed)} | {o.status} | {o.note.replace('|', '/')} |")
+    ok = sum(o.ok for o in outcomes)
+    lines.append("")
+    lines.append(f"{ok} of {len(outcomes)} rows identical" + (
+        f"; {sum(o.status == MISMATCH for o in outcomes)} mismatched, {sum(o.status == UNAVAILABLE for o in outcomes)} "
+        "could not be re-run" if ok < len(outcomes) else ""))
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["IDENTICAL", "MISMATCH", "UNAVAILABLE", "Outcome", "digest", "table", "verify"]
