@@ -132,13 +132,13 @@ class _APGD(Attack):
         return torch.where(found.view(shape), x_found, x_best), found
 
 
-@ATTACKS.register("apgd_ce")
+@ATTACKS.register("apgd_ce", example={"steps": 20})
 @dataclass(frozen=True, kw_only=True)
 class APGDCE(_APGD):
     __doc__ = "APGD on the cross-entropy (AutoAttack's first attack).\n\n" + (_APGD.__doc__ or "")
 
 
-@ATTACKS.register("apgd_dlr")
+@ATTACKS.register("apgd_dlr", example={"steps": 20})
 @dataclass(frozen=True, kw_only=True)
 class APGDDLR(_APGD):
     __doc__ = "APGD on the difference-of-logits-ratio loss (AutoAttack's APGD-T uses it targeted).\n\n" + (_APGD.__doc__ or "")

@@ -23,7 +23,7 @@ from robustbench_lite.threat import Threat
 from . import _generator
 
 
-@ATTACKS.register("gap", example={"train_n": 2000, "epochs": 2})
+@ATTACKS.register("gap", example={"train_n": 3000, "epochs": 3, "lr": 3e-3})
 @dataclass(frozen=True, kw_only=True)
 class GAP(Attack):
     """``mode=universal``: delta = s(G(z)) for one fixed z ~ U(0, 1), the same for every input.

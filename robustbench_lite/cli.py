@@ -332,11 +332,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     import dataclasses
 
     from . import verify
-
-    path = args.store
     from .paths import default_store
 
-    path = path or default_store()
+    path = args.store or default_store()
     if not Path(path).is_file():
         raise FileNotFoundError(f"no results store at {path}; give one with --store")
 

@@ -263,7 +263,7 @@ def evaluate(
     x = subset.floats()
     y = subset.labels.clone()
     guard = _Guard(lm.model, fitted)
-    setup = _Setup(lm.model, guard.attack_model, pre, fitted, mode, eot, votes, batch_size)
+    setup = _Setup(lm.model, guard, pre, fitted, mode, eot, votes, batch_size)
     # An attack that stops a point as soon as it leaves top-1 leaves it next to the boundary,
     # with its label still in the top 5: top-5 robustness is only measured without early stop.
     top5_measured = not any(getattr(a, "early_stop", False) for a in attack_objs) and fitted is None
@@ -295,18 +295,19 @@ def evaluate(
             # attacking; full-length ones also get the top-1-fooled points still in the top 5.
             todo = (top5 if top5_measured else robust).nonzero().squeeze(1)
             for j, chunk in enumerate(todo.split(batch_size) if todo.numel() else ()):
-                xb, yb = x[chunk], y[chunk]  # copies: indexing with a tensor copies
+                xc, yc = x[chunk], y[chunk]  # the engine's, for checking and judging
+                xb, yb = xc.clone(), yc.clone()  # the attack's
                 rng: PointStreams | torch.Generator = (
                     PointStreams.for_points(_seed(draws, "attack", i), chunk) if attack.batch_invariant
                     else torch.Generator().manual_seed(_seed(draws, "attack", i, j)))
                 x_adv = attack(surface, xb, yb, dataclasses.replace(threat), generator=rng)
-                _check_untouched(f"attack {name}", xb, x[chunk], yb, y[chunk])
+                _check_untouched(f"attack {name}", xb, xc, yb, yc)
                 guard.check(f"attack {name}")
-                _check_output(name, x_adv, x[chunk], threat, tolerance)
-                x_final[chunk] = threat.project(x_adv, x[chunk])
+                _check_output(name, x_adv, xc, threat, tolerance)
+                x_final[chunk] = threat.project(x_adv, xc)
                 logits = judge(x_final[chunk])
-                robust[chunk] &= _held(logits, y[chunk], rejects)
-                top5[chunk] &= _top5(logits, y[chunk])
+                robust[chunk] &= _held(logits, yc, rejects)
+                top5[chunk] &= _top5(logits, yc)
             bar.update(1)
         detection = _detection(deployed, judge, x, y, x_final, clean_correct, clean_logits) if rejects else {}
         arch, recipe = (lm.card.arch, lm.card.recipe) if lm.card else (plan.model.arch, "")
@@ -358,16 +359,21 @@ class _Guard:
         self.model = model
         self.parts = fitted.parts if fitted is not None else None
         self.snapshot = _state(model, self.parts)
+
+    @functools.cached_property
+    def attack_model(self) -> nn.Module:
+        """Made on first use: an evaluation whose cells are all stored copies nothing."""
         try:
-            self.attack_model = copy.deepcopy(model)
+            return copy.deepcopy(self.model)
         except Exception as exc:  # noqa: BLE001 - a model that cannot be copied is attacked in place, still checked
             _log.warning("the model could not be copied for the attacks (%s: %s); they run on the engine's own, "
                          "whose state is checked after each call", type(exc).__name__, exc)
-            self.attack_model = model
+            return self.model
 
     def check(self, who: str) -> None:
-        for label, module in (("model", self.attack_model), ("model", self.model)):
-            _compare(who, label, self.snapshot[0], module.state_dict())
+        models = [self.model] + ([self.attack_model] if "attack_model" in vars(self) else [])
+        for module in models:
+            _compare(who, "model", self.snapshot[0], module.state_dict())
         if self.parts is not None:
             _compare(who, "detector", self.snapshot[1], self.parts.state_dict())
 
@@ -573,13 +579,17 @@ class _Setup:
     its own copies of the defenses."""
 
     model: nn.Module
-    attack_model: nn.Module
+    guard: _Guard
     pre: tuple[Defense, ...]
     detector: Fitted | None
     mode: str
     eot: int
     votes: int
     batch_size: int
+
+    @property
+    def attack_model(self) -> nn.Module:
+        return self.guard.attack_model
 
     @property
     def defended(self) -> bool:

@@ -73,11 +73,24 @@ def _version(dist: str) -> str:
         return "unknown"
 
 
+@functools.lru_cache(maxsize=None)
+def _site_dirs() -> tuple[str, ...]:
+    import site
+    import sysconfig
+
+    dirs = {sysconfig.get_paths()[k] for k in ("purelib", "platlib")} | set(site.getsitepackages())
+    return tuple(str(Path(d).resolve()) for d in dirs)
+
+
 def _library(module: str) -> str | None:
     """The distribution a module belongs to, unless it is ours (hashed by source) or none (a user's
-    script, a plugin file: hashed by source too)."""
+    script, a plugin file, a local package that shadows an installed name: hashed by source too)."""
     dists = _distributions().get(module.split(".")[0])
     if not dists or _OWN in dists:
+        return None
+    mod = sys.modules.get(module.split(".")[0])
+    path = getattr(mod, "__file__", None)
+    if path and not str(Path(path).resolve()).startswith(_site_dirs()):
         return None
     return dists[0]
 
@@ -99,17 +112,13 @@ def _source_file(module: str) -> Path | None:
     return Path(path) if path and str(path).endswith(".py") else None
 
 
-def _is_package(module: str, path: Path) -> bool:
-    return path.name == "__init__.py"
-
-
 def _imports(module: str, path: Path, source: bytes) -> list[str]:
     """The modules a module's import statements name, resolved to absolute names."""
     try:
         tree = ast.parse(source)
     except SyntaxError:
         return []
-    package = module if _is_package(module, path) else module.rpartition(".")[0]
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     out: list[str] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -203,6 +212,7 @@ def clear() -> None:
     module_code.cache_clear()
     _distributions.cache_clear()
     _version.cache_clear()
+    _site_dirs.cache_clear()
 
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+|0x[0-9a-fA-F]{6,}")

@@ -175,6 +175,7 @@ def write_manifest(store: Store, out: Path) -> Path:
     machine) and every stored cell behind it (key, model and weights, attacks, eps, n, robust
     accuracy), so that a reader can tell what the figures rest on and ``rbl verify`` them."""
     import json
+    import os
 
     from reports.leaderboard import _atomic
 
@@ -184,7 +185,7 @@ def write_manifest(store: Store, out: Path) -> Path:
               "attacks": list(r.attacks), "norm": r.norm, "eps": r.eps, "n": r.n, "clean_acc": r.clean_acc,
               "robust_acc": r.robust_acc, "combined_from": list(r.combined_from),
               "checks_failed": [v.name for v in r.failed_checks]} for r in store.results()]
-    manifest = {"written": now(), "store": str(store.path), **commit(), "versions": versions(), "machine": machine(),
+    manifest = {"written": now(), "store": os.path.relpath(store.path, out), **commit(), "versions": versions(), "machine": machine(),
                 "models": [{k: m[k] for k in ("name", "weights_sha256", "source")} | {"arch": m["identity"]["arch"],
                                                                                     "arch_sha256": m["identity"]["arch_sha256"]}
                            for m in store.models()],

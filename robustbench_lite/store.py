@@ -160,6 +160,12 @@ class Store:
         hit = self._db.execute("SELECT provenance FROM results WHERE key = ?", (key,)).fetchone()
         return None if hit is None else json.loads(hit[0])
 
+    def raw(self) -> list[tuple[str, int, str, str, bytes, dict[str, Any]]]:
+        """Every stored row unchecked, for ``rbl verify``: (key, schema, config text, record text,
+        bits, provenance), in insertion order."""
+        rows = self._db.execute("SELECT key, schema, config, row, robust, provenance FROM results ORDER BY rowid").fetchall()
+        return [(k, s, c, r, b, json.loads(p or "{}")) for k, s, c, r, b, p in rows]
+
     def keys(self) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT key FROM results WHERE schema = ? ORDER BY rowid", (SCHEMA,))]
 

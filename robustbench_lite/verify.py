@@ -60,7 +60,7 @@ class _Unavailable(Exception):
 def verify(store: Store, *, sample: int | None = None, seed: int = 0, data_dir: str | None = None,
            models: Sequence[str | Path] = (), on_outcome: Callable[[Outcome], Any] | None = None) -> list[Outcome]:
     """Re-run ``sample`` stored rows (all by default), chosen with ``seed``; see the module docstring."""
-    rows = store._db.execute("SELECT key, schema, config, row, robust, provenance FROM results ORDER BY rowid").fetchall()
+    rows = store.raw()
     if sample is not None:
         if sample <= 0:
             raise ValueError(f"--sample must be a positive integer, got {sample}")
@@ -68,7 +68,7 @@ def verify(store: Store, *, sample: int | None = None, seed: int = 0, data_dir: 
     ctx = _Context(store, data_dir, [Path(m) for m in models])
     out = []
     for key, schema, config_text, row_text, bits, provenance in rows:
-        outcome = _one(ctx, key, schema, config_text, row_text, bits, json.loads(provenance or "{}"))
+        outcome = _one(ctx, key, schema, config_text, row_text, bits, provenance)
         out.append(outcome)
         if on_outcome:
             on_outcome(outcome)

@@ -67,6 +67,23 @@ def test_strictly_lowers_accuracy_of_a_trained_model(case, trained, batch):
     _check(conformance.attack_effect, case, trained, batch)
 
 
+def test_the_effect_check_fails_a_no_op_and_random_noise(trained, batch):
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Noise(Attack):
+        def run(self, model, x, y, threat, generator):
+            return threat.project(x + 0.02 * torch.randn(x.shape, generator=generator), x)
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class NoOp(Attack):
+        def run(self, model, x, y, threat, generator):
+            return x.clone()
+
+    for attack in (Noise(), NoOp()):
+        problem = conformance.attack_effect(attack, trained.model, batch[0], batch[1], Threat("linf", 0.1))
+        assert problem is not None and "sign test" in problem, problem
+    assert conformance.sign_test(10, 0) == pytest.approx(2 ** -10) and conformance.sign_test(0, 0) == 1.0
+
+
 def test_eps_zero_returns_the_input(case, trained, batch):
     _check(conformance.attack_eps_zero, case, trained, batch)
 
