@@ -44,6 +44,10 @@ from torch import nn
 #: templates, plots, the weights file format (the weights are hashed themselves). Their versions
 #: stay out of a cell's key.
 QUIET = frozenset({"tqdm", "jinja2", "matplotlib", "safetensors"})
+#: This project's modules that compute keys and provenance, never a number: they are not followed,
+#: so that rewording a docstring in them does not re-run every stored cell. A change to what a key
+#: holds changes the keys by itself.
+INERT = frozenset({"robustbench_lite.cell", "robustbench_lite.fingerprint", "robustbench_lite.provenance"})
 _OWN = "robustbench_lite"
 
 
@@ -155,7 +159,7 @@ def module_code(module: str) -> Code:
         if name in seen:
             continue
         seen.add(name)
-        if _stdlib(name):
+        if _stdlib(name) or (name in INERT and name != module):
             continue
         dist = _library(name)
         if dist is not None:

@@ -51,15 +51,16 @@ def machine(device: str = "cpu") -> dict[str, Any]:
 
 
 def commit(repo: Path | None = None) -> dict[str, Any]:
-    """The git commit of the checkout the package runs from (and whether it had uncommitted
-    changes), or None where it is not a git checkout."""
+    """The git commit of the checkout the package runs from, and whether its code had uncommitted
+    changes (reports/, which holds generated output, does not count), or None where it is not a
+    git checkout."""
     root = repo or Path(__file__).resolve().parent.parent
     try:
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
             return {"commit": None, "dirty": None}
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)reports"], capture_output=True, text=True, timeout=10)
         return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}

@@ -303,6 +303,11 @@ def test_a_changed_method_source_reruns_only_its_cells(trained, fmnist_test, tmp
             monkeypatch.setattr(Path, "read_bytes", lambda p: real(p) + (b"\n# an edit\n" if p == shared else b""))
             fingerprint.clear()
             assert cell_keys(trained, fmnist_test, ["fgsm"], [0.1], n=50)[0] != before["fgsm"].key
+            # The modules that only compute keys and provenance re-run nothing.
+            inert = Path(sys.modules["robustbench_lite.provenance"].__file__)
+            monkeypatch.setattr(Path, "read_bytes", lambda p: real(p) + (b"\n# an edit\n" if p == inert else b""))
+            fingerprint.clear()
+            assert cell_keys(trained, fmnist_test, ["fgsm"], [0.1], n=50)[0] == before["fgsm"].key
         finally:
             monkeypatch.undo()
             fingerprint.clear()
