@@ -166,6 +166,12 @@ def worst_case_config(keys: list[str] | tuple[str, ...]) -> dict[str, Any]:
     return {"schema": SCHEMA, "kind": "worst_case", "combined_from": sorted(keys)}
 
 
+def checks_random_key(config: dict[str, Any]) -> str:
+    """What a set of verdicts' random draws are seeded from: its cell's ``random_key`` (no code
+    fingerprints) and the check settings, so ``rbl verify`` re-runs the checks with the same draws."""
+    return digest({"cell": CellConfig.from_dict(config["cell"]).random_key, "settings": config["settings"]})
+
+
 def checks_config(cell: CellConfig, check_eps: float, settings: dict[str, Any], cells: list[str],
                   checks_sha256: str) -> dict[str, Any]:
     """The config of one set of gradient-masking verdicts: the model, defense and data of the

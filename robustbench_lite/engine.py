@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from . import fingerprint, specs
 from .attack import Attack, check_int, eval_mode, without_early_stop
-from .cell import CellConfig, ModelId, checks_config, digest, model_id, worst_case_config
+from .cell import CellConfig, ModelId, checks_config, checks_random_key, digest, model_id, worst_case_config
 from .checks import CheckConfig, Probe, Verdict
 from .checks import run as run_checks
 from .data import Split
@@ -630,15 +630,34 @@ def _checked(plan: _Plan, setup: _Setup, guard: _Guard, x: torch.Tensor, y: torc
     stored = store.get_checks(key) if store is not None else None
     if stored is not None:
         return stored
-    draws = digest({"cell": plan.configs[0].random_key, "eps": eps, "settings": config["settings"]})
-    verdicts = _check(setup, x, y, Threat(plan.threats[0].norm, eps), results, cfg, _seed(draws, "checks"))
+    verdicts = _check(setup, x, y, Threat(plan.threats[0].norm, eps), {r.eps: r.robust_acc for r in results}, cfg,
+                      _seed(checks_random_key(config), "checks"))
     guard.check("the gradient-masking checks")
     if store is not None:
         store.put_checks(key, config, verdicts)
     return verdicts
 
 
-def _check(setup: _Setup, x: torch.Tensor, y: torch.Tensor, threat: Threat, results: list[EvalResult],
+def recheck(config: dict[str, Any], model: LoadedModel, data: Split, accuracies: dict[float, float],
+            defenses: Sequence[Defense | Detector], calibration: Split | None = None) -> tuple[Verdict, ...]:
+    """Re-run one stored set of gradient-masking verdicts from its config (``rbl verify``):
+    ``accuracies`` are the robust accuracies of the cells it names, ``defenses`` its defenses
+    rebuilt from their stored configs."""
+    cell = CellConfig.from_dict(config["cell"])
+    plan = _plan(model, data, ["fgsm"], [cell.eps], norm=cell.norm, n=cell.n, seed=cell.seed,
+                 batch_size=cell.batch_size or 500, defense=defenses, mode=cell.mode if cell.defenses else "adaptive",
+                 eot=cell.eot, votes=cell.votes, calibration=calibration)
+    fitted = _fit(plan.detector, plan.lm, plan.pre, plan.calibration, cell.seed) if plan.detector is not None else None
+    guard = _Guard(plan.lm.model, fitted)
+    mode = cell.mode if cell.defenses else "adaptive"
+    setup = _Setup(plan.lm.model, guard, plan.pre, fitted, mode, cell.eot, cell.votes, cell.batch_size or 500)
+    verdicts = _check(setup, plan.subset.floats(), plan.subset.labels.clone(), Threat(cell.norm, cell.eps), accuracies,
+                      CheckConfig(**config["settings"]), _seed(checks_random_key(config), "checks"))
+    guard.check("the gradient-masking checks")
+    return verdicts
+
+
+def _check(setup: _Setup, x: torch.Tensor, y: torch.Tensor, threat: Threat, accuracies: dict[float, float],
            cfg: CheckConfig, seed: int) -> tuple[Verdict, ...]:
     deployed, surface, judge = setup.views(seed)
     adaptive = setup.defended and setup.mode in ADAPTIVE_MODES
@@ -646,7 +665,7 @@ def _check(setup: _Setup, x: torch.Tensor, y: torch.Tensor, threat: Threat, resu
                   config=cfg, generator=torch.Generator().manual_seed(seed), bare=setup.attack_model if adaptive else None,
                   declared_stochastic=any(d.stochastic for d in setup.pre),
                   bpda=adaptive and (setup.mode == "bpda" or not all(d.differentiable for d in setup.parts)),
-                  rejects=setup.detector is not None, accuracies={r.eps: r.robust_acc for r in results})
+                  rejects=setup.detector is not None, accuracies=accuracies)
     torch.manual_seed(seed)
     return run_checks(probe)
 

@@ -202,6 +202,10 @@ class Store:
             self._db.executemany("INSERT OR IGNORE INTO cell_checks (cell, checks) VALUES (?, ?)",
                                  [(cell, key) for cell in config.get("cells", ())])
 
+    def raw_checks(self) -> list[tuple[str, str, str]]:
+        """Every stored set of verdicts unchecked, for ``rbl verify``: (key, config text, verdicts text)."""
+        return [tuple(r) for r in self._db.execute("SELECT key, config, verdicts FROM checks ORDER BY rowid")]
+
     def get_checks(self, key: str) -> tuple[Verdict, ...] | None:
         hit = self._db.execute("SELECT config, verdicts FROM checks WHERE key = ?", (key,)).fetchone()
         if hit is None:

@@ -7,6 +7,9 @@ and are only used when their sha256 is the one the cell was computed on. A worst
 recombined from the stored cells it names. A cell of the first key scheme (``store.Store.legacy``)
 is re-run from what its old config holds.
 
+Each stored set of gradient-masking verdicts is re-run from its own config too: every check's
+pass or fail must be as stored (and its value, to float rounding).
+
 Each cell ends ``identical`` (every robust and top-5 bit, and every accuracy, as stored),
 ``MISMATCH`` (what differs, and how many points), or ``unavailable`` (what is missing to re-run
 it: weights, data, a plugin); a row the store refuses (``StoreIntegrityError``) is a mismatch.
@@ -60,19 +63,57 @@ class _Unavailable(Exception):
 def verify(store: Store, *, sample: int | None = None, seed: int = 0, data_dir: str | None = None,
            models: Sequence[str | Path] = (), on_outcome: Callable[[Outcome], Any] | None = None) -> list[Outcome]:
     """Re-run ``sample`` stored rows (all by default), chosen with ``seed``; see the module docstring."""
-    rows = store.raw()
+    rows: list[tuple[Any, ...]] = [("cell", *r) for r in store.raw()] + [("checks", *r) for r in store.raw_checks()]
     if sample is not None:
         if sample <= 0:
             raise ValueError(f"--sample must be a positive integer, got {sample}")
         rows = sorted(random.Random(seed).sample(rows, min(sample, len(rows))), key=rows.index)
     ctx = _Context(store, data_dir, [Path(m) for m in models])
     out = []
-    for key, schema, config_text, row_text, bits, provenance in rows:
-        outcome = _one(ctx, key, schema, config_text, row_text, bits, provenance)
+    for kind, *row in rows:
+        outcome = _one(ctx, *row) if kind == "cell" else _verdicts(ctx, *row)
         out.append(outcome)
         if on_outcome:
             on_outcome(outcome)
     return out
+
+
+def _verdicts(ctx: "_Context", key: str, config_text: str, verdicts_text: str) -> Outcome:
+    """A stored set of gradient-masking verdicts, re-run from its config: every check's pass/fail
+    must be as stored, and its value too, to float rounding."""
+    from .checks import Verdict
+    from .engine import recheck
+
+    config = json.loads(config_text)
+    label = f"{config['cell']['model']['name']} / masking checks"
+    base = dict(key=key, kind="checks", label=label, eps=config["cell"]["eps"], n=config["settings"]["n"],
+                stored=None, recomputed=None)
+    if digest(config_text) != key:
+        return Outcome(status=MISMATCH, note=f"its config hashes to {digest(config_text)[:16]}...: a corrupt or edited store",
+                       **base)
+    stored = [Verdict.from_dict(v) for v in json.loads(verdicts_text)]
+    try:
+        cell = CellConfig.from_dict(config["cell"])
+        cells = [ctx.store.get(k) for k in config["cells"]]
+        if any(c is None for c in cells):
+            raise _Unavailable("a cell whose accuracy the checks read is not in the store")
+        source = next((p.get("model_source") for k in config["cells"] if (p := ctx.store.provenance(k))), None)
+        lm = ctx.model(cell.model.name, cell.model.weights_sha256, cell.model.arch, cell.dataset, source)
+        split = ctx.split(cell.dataset, cell.split)
+        calibration = ctx.split(cell.dataset, cell.calibration["split"]) if cell.calibration else None
+        now = recheck(config, lm, split, {c.eps: c.robust_acc for c in cells},  # type: ignore[union-attr]
+                      _methods(cell.defenses, DEFENSES, "defense"), calibration)
+    except _Unavailable as exc:
+        return Outcome(status=UNAVAILABLE, note=str(exc), **base)
+    diffs = []
+    for a, b in zip(stored, now, strict=False):
+        if (a.name, a.passed) != (b.name, b.passed):
+            diffs.append(f"{a.name}: {'passed' if a.passed else a.passed} stored, {'passed' if b.passed else b.passed} now")
+        elif (a.value is None) != (b.value is None) or (a.value is not None and abs(a.value - b.value) > 1e-3 * (1 + abs(a.value))):
+            diffs.append(f"{a.name}: value {a.value} stored, {b.value} now")
+    if len(stored) != len(now):
+        diffs.append(f"{len(stored)} verdicts stored, {len(now)} now")
+    return Outcome(status=MISMATCH if diffs else IDENTICAL, note="; ".join(diffs), **base)
 
 
 def _one(ctx: "_Context", key: str, schema: int, config_text: str, row_text: str, bits: bytes,

@@ -9,8 +9,9 @@ denoising autoencoder) in a scratch cache and prints, per defense of
 tests/test_defenses.py::test_adaptive_attack_breaks_what_the_oblivious_one_reports, the adaptive
 and oblivious robust accuracies minus the undefended one, and per detector of
 tests/test_detectors.py::test_joint_attack_is_caught_less_than_the_classifier_only_attack the
-caught rates and robust accuracies of both attacks. The bounds in those tests are the largest
-values printed here plus two binomial standard errors.
+caught rates and robust accuracies of both attacks, and the fooling rates behind
+tests/test_experiments.py::test_universal_perturbation_fools_held_out_points_but_less_than_pgd.
+The bounds in those tests keep at least two binomial standard errors from the values printed here.
 """
 import json
 import os
@@ -34,7 +35,7 @@ def run(*args, **kw):
     return engine.evaluate(lm, test, *args, checks=None, **kw)[0]
 
 
-out = {"seed": seed, "defenses": {}, "detectors": {}}
+out = {"seed": seed, "defenses": {}, "detectors": {}, "universal": {}}
 attack = ["pgd:steps=20"]
 undefended = run(attack, [0.1], n=200).robust_acc
 for d in ("bit_depth", "gaussian_noise", "jpeg", "median", "random_resize_pad", "tv_min"):
@@ -49,6 +50,13 @@ for d, (spec, eps) in fast.items():
     j = run(["pgd:steps=20,early_stop=False"], [eps], mode="adaptive", **kw)
     out["detectors"][d] = {"eps": eps, "oblivious caught": o.caught, "joint caught": j.caught,
                            "oblivious robust": o.robust_acc, "joint robust": j.robust_acc}
+from robustbench_lite.experiment import execute
+from robustbench_lite.registry import EXPERIMENTS
+
+for method in ("sgd", "deepfool"):
+    exp = EXPERIMENTS.create("universal", method=method, n_train=1000, n_test=300, passes=3)
+    (outcome, _), = execute(exp, [lm], data.load("fmnist", "train"), test)
+    out["universal"][method] = outcome.metrics["fooling_rate"]
 print(json.dumps(out))
 '''
 
@@ -74,6 +82,12 @@ def main(seeds: list[int]) -> None:
         cols = [" ".join(f"{r['detectors'][d][k]:.3f}" for r in rows)
                 for k in ("oblivious caught", "joint caught", "oblivious robust", "joint robust")]
         print(f"| {d} | {rows[0]['detectors'][d]['eps']:g} | " + " | ".join(cols) + " |")
+    print()
+    print("| universal perturbation | fooling rate, per seed | min |")
+    print("|---|---|---:|")
+    for m in rows[0]["universal"]:
+        v = [r["universal"][m] for r in rows]
+        print(f"| {m} | {' '.join(f'{x:.3f}' for x in v)} | {min(v):.3f} |")
 
 
 if __name__ == "__main__":

@@ -403,9 +403,20 @@ def test_verify_reproduces_a_profile_run_and_catches_a_tampered_row(trained, tmp
         assert len(store) == 6  # 2 attacks and their worst case, at 2 eps
     assert main(["verify", "--store", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "6 of 6 rows identical" in out and "worst case" in out
+    # The 6 cells and the one set of masking-check verdicts of the model's first attack.
+    assert "7 of 7 rows identical" in out and "worst case" in out and "| checks |" in out
     assert main(["verify", "--store", str(path), "--sample", "2", "--seed", "3"]) == 0
     assert "2 of 2 rows identical" in capsys.readouterr().out
+    # Turn a failed or passed check into its opposite: the re-run says so.
+    key, verdicts = sqlite3.connect(path).execute("SELECT key, verdicts FROM checks").fetchone()
+    edited = json.loads(verdicts)
+    flip = next(v for v in edited if v["passed"] is not None)
+    flip["passed"] = not flip["passed"]
+    _tamper(path, "UPDATE checks SET verdicts = ? WHERE key = ?", json.dumps(edited), key)
+    assert main(["verify", "--store", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert f"{flip['name']}: " in out and "6 of 7 rows identical" in out
+    _tamper(path, "UPDATE checks SET verdicts = ? WHERE key = ?", verdicts, key)
     # Flip one robust bit of one cell: verify re-runs it and names the difference.
     key, bits, n = sqlite3.connect(path).execute(
         "SELECT key, robust, json_extract(row, '$.n') FROM results WHERE json_extract(config, '$.eps') = 0.1 "
@@ -416,7 +427,7 @@ def test_verify_reproduces_a_profile_run_and_catches_a_tampered_row(trained, tmp
     assert main(["verify", "--store", str(path)]) == 1
     out = capsys.readouterr().out
     # The edited cell, and the worst case that no longer recombines from it.
-    assert out.count("MISMATCH") == 2 and "top-5 bits differ at 1 of 100 points" in out and "4 of 6 rows identical" in out
+    assert out.count("MISMATCH") == 2 and "top-5 bits differ at 1 of 100 points" in out and "5 of 7 rows identical" in out
     assert f"`{key[:12]}` | cell" in out
 
 

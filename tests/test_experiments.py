@@ -59,7 +59,10 @@ def test_lbfgs_succeeds_everywhere_and_is_no_larger_than_deepfool(trained, corre
     assert 0 < d_lb <= 1.1 * d_df, (d_lb, d_df)
 
 
-@pytest.mark.parametrize("method,floor", [("sgd", 0.2), ("deepfool", 0.05)])
+# The floors sit below the fooling rate either method reaches on fixtures trained from six seeds
+# (`python scripts/test_margins.py` prints them) by more than three binomial standard errors on
+# 300 points.
+@pytest.mark.parametrize("method,floor", [("sgd", 0.1), ("deepfool", 0.05)])
 def test_universal_perturbation_fools_held_out_points_but_less_than_pgd(trained, fmnist_train, fmnist_test, method, floor):
     exp = EXPERIMENTS.create("universal", method=method, n_train=1000, n_test=300, passes=3)
     (outcome, key), = execute(exp, [trained], fmnist_train, fmnist_test)
