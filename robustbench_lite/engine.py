@@ -453,7 +453,7 @@ def _plan(model: LoadedModel | nn.Module, data: Split, attacks: Sequence[str | A
         calib = calibration if calibration is not None else data_mod.load(data.dataset, "train")
         calib = calib.last(min(detector.calibration, len(calib)))
         calibration_id = {"split": calib.split, "n": len(calib), "sha256": calib.sha256()}
-    invariant = _batch_invariant(lm.model, subset, attack_objs, pre, detector)
+    invariant = _batch_invariant(lm.model, subset, attack_objs, pre, detector, max(threats, key=lambda t: t.eps))
     device = next((p.device for p in lm.model.parameters()), torch.device("cpu"))
     common = dict(model=identity, dataset=data.dataset, split=subset.split, n=len(subset), data_sha256=subset.sha256(),
                   norm=norm, bounds=threats[0].bounds, attacks=tuple(methods[0]), defenses=tuple(methods[1]),
@@ -474,11 +474,21 @@ def method_identity(method: Attack | Defense | Detector) -> tuple[dict[str, Any]
     return method.config() | {"code_sha256": code.sha256}, code.libraries
 
 
+#: The packages whose methods' declarations the test suite checks; a declaration made anywhere
+#: else (a plugin) is tested by the engine before it is believed.
+_IN_TREE = frozenset({"robustbench_lite", "attacks", "defenses", "generative", "experiments"})
+_PROBED: dict[str, bool] = {}
+
+
 def _batch_invariant(model: nn.Module, subset: Split, attacks: Sequence[Attack], pre: Sequence[Defense],
-                     detector: Detector | None) -> bool:
+                     detector: Detector | None, threat: Threat) -> bool:
     """Whether a cell's bits cannot depend on how its points are batched: every attack declares
     it (and draws from per-point streams), no defense is random (its draws follow the batches)
-    or undeclared, and the model's outputs for a point do not change with its batch-mates."""
+    or undeclared, and the model's outputs for a point do not change with its batch-mates. A
+    plugin's declaration is tested on a few points first (``conformance``); one that fails keys
+    its cells by the batch size."""
+    from . import conformance
+
     if not all(a.batch_invariant for a in attacks):
         return False
     if any(d.stochastic or not type(d).batch_invariant for d in pre):
@@ -488,6 +498,15 @@ def _batch_invariant(model: nn.Module, subset: Split, attacks: Sequence[Attack],
     k = min(len(subset), 8)
     if k < 2:
         return True
+    probe = subset.first(min(len(subset), 24))
+    xp, yp = probe.floats(), probe.labels.clone()
+    for a in attacks:
+        # On a copy of the model: the code under test has not earned the engine's trust yet.
+        if threat.eps > 0 and not _honest(a, lambda a=a: conformance.attack_batches(a, copy.deepcopy(model), xp, yp, threat)):
+            return False
+    for d in pre:
+        if not _honest(d, lambda d=d: conformance.defense_batches(d, xp)):
+            return False
     x = subset.first(k).floats()
     alone = predict(model, x, batch_size=1)
     together = predict(model, x.flip(0), batch_size=k).flip(0)
@@ -498,6 +517,23 @@ def _batch_invariant(model: nn.Module, subset: Split, attacks: Sequence[Attack],
         _log.warning("the model's output for a point depends on the other points of its batch: its cells are keyed "
                      "by the batch size")
     return not coupled
+
+
+def _honest(method: Attack | Defense, probe: Any) -> bool:
+    """Whether a method's ``batch_invariant`` declaration holds: believed for in-tree code (the test
+    suite checks it), tested once per process (and per configuration) for anything else."""
+    if type(method).__module__.split(".")[0] in _IN_TREE:
+        return True
+    key = digest(method_identity(method)[0])
+    if key not in _PROBED:
+        try:
+            problem = probe()
+        except Exception as exc:  # noqa: BLE001 - it will raise again where it runs, and be reported there
+            problem = f"raised {type(exc).__name__} when its batch invariance was tested: {exc}"
+        _PROBED[key] = problem is None
+        if problem:
+            _log.warning("%s %s; its cells are keyed by the batch size", method.config(), problem)
+    return _PROBED[key]
 
 
 def cell_keys(model: LoadedModel | nn.Module, data: Split, attacks: Sequence[str | Attack], eps: Sequence[float] | float, *,

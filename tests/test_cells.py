@@ -271,6 +271,42 @@ def test_an_attack_that_is_not_batch_invariant_is_keyed_by_the_batch_size(traine
     assert len({cell_keys(trained, fmnist_test, ["pgd"], [0.1], n=50, batch_size=b)[0] for b in (100, 500)}) == 1
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _LyingNoise(Attack):
+    """Declares batch_invariant but draws from torch's global generator, one draw per batch."""
+
+    batch_invariant = True
+
+    def run(self, model, x, y, threat, generator):
+        return threat.project(x + threat.eps * (torch.rand(x.shape) - 0.5).sign(), x)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _HonestNoise(Attack):
+    """Declares batch_invariant and draws each point's noise from its own stream."""
+
+    batch_invariant = True
+
+    def run(self, model, x, y, threat, generator):
+        return threat.project(x + threat.eps * (2 * generator.random(x.shape[1:]) - 1), x)
+
+
+def test_a_plugins_batch_invariance_is_tested_before_it_is_believed(trained, fmnist_test):
+    ATTACKS.register("test_lying_noise")(_LyingNoise)
+    ATTACKS.register("test_honest_noise")(_HonestNoise)
+    try:
+        _keys_of_lying_and_honest(trained, fmnist_test)
+    finally:
+        ATTACKS.unregister("test_lying_noise")
+        ATTACKS.unregister("test_honest_noise")
+
+
+def _keys_of_lying_and_honest(trained, fmnist_test):
+    lying = cell_configs(trained, fmnist_test, [_LyingNoise()], [0.1], n=50, batch_size=100)[0]
+    honest = cell_configs(trained, fmnist_test, [_HonestNoise()], [0.1], n=50, batch_size=100)[0]
+    assert lying.batch_size == 100 and honest.batch_size is None
+
+
 def test_a_random_defense_is_keyed_by_the_batch_size(trained, fmnist_test):
     configs = [cell_configs(trained, fmnist_test, ["pgd"], [0.1], n=50, batch_size=b, defense=["gaussian_noise"])[0]
                for b in (100, 500)]
