@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), f"Python >= 3.11 needed, found {sys.version}"'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,ray]'
+	$(PY) -m pip install -q -e '.[dev,ray,reference]'
 	rm -f $(VENV)/.installed-*; touch $@
 
 data:
@@ -32,7 +32,7 @@ test: setup browser
 
 # Speed targets (ratios against baselines measured in the same run); needs the bench extra.
 bench: setup
-	$(PY) -m pip install -q -e '.[dev,ray,bench]'
+	$(PY) -m pip install -q -e '.[dev,ray,reference,bench]'
 	$(PY) -m pytest -q benchmarks --benchmark-only --benchmark-group-by=group --benchmark-columns=min,median,max,rounds
 
 clean:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustbench_lite.attack import Attack, _direction, check_int, check_interval, scores
+from robustbench_lite.attack import Attack, _direction, check_int, check_interval, input_grad, scores
 from robustbench_lite.registry import ATTACKS
 from robustbench_lite.rng import PointStreams
 from robustbench_lite.threat import Threat
@@ -97,7 +97,7 @@ class _APGD(Attack):
             v = v.detach().requires_grad_(True)
             logits = scores(model, v, y)
             loss = self._loss(logits, y, t)
-            (g,) = torch.autograd.grad(loss.sum(), v)
+            g = input_grad(loss.sum(), v)
             return loss.detach(), g, logits.argmax(1) != y
 
         x_adv = threat.random_start(x, generator)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from robustbench_lite.attack import Attack, check_int, check_interval, scores
+from robustbench_lite.attack import Attack, check_int, check_interval, input_grad, scores
 from robustbench_lite.registry import ATTACKS
 from robustbench_lite.threat import Threat
 
@@ -39,7 +39,7 @@ def deepfool(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, *, s
         if not bool(still.any()):
             break
         picked = logits.gather(1, cand[idx])  # (m, k): column 0 is the label
-        grads = torch.stack([torch.autograd.grad(picked[:, j].sum(), xa, retain_graph=j < k - 1)[0] for j in range(k)], 1)
+        grads = torch.stack([input_grad(picked[:, j].sum(), xa, retain_graph=j < k - 1) for j in range(k)], 1)
         w = grads[:, 1:] - grads[:, :1]  # (m, k-1, C, H, W)
         f = (picked[:, 1:] - picked[:, :1]).detach()  # negative while the label wins
         dual = w.flatten(2).abs().sum(2) if norm == "linf" else w.flatten(2).norm(dim=2)

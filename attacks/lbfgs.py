@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustbench_lite.attack import Attack, check_int, check_positive, scores
+from robustbench_lite.attack import Attack, check_int, check_positive, input_grad, scores
 from robustbench_lite.registry import ATTACKS
 from robustbench_lite.threat import Threat
 
@@ -34,7 +34,7 @@ def lbfgs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, search_steps: i
         zt = torch.from_numpy(z).view(shape).to(x.dtype).requires_grad_(True)
         r2 = (zt - x).flatten(1).pow(2).sum(1)
         loss = (c_t * r2).sum() + F.cross_entropy(scores(model, zt, y), target, reduction="sum")
-        (g,) = torch.autograd.grad(loss, zt)
+        g = input_grad(loss, zt)
         return float(loss.detach()), g.double().flatten().numpy()
 
     from scipy.optimize import minimize

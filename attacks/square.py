@@ -20,9 +20,10 @@ def _margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return logits.gather(1, y[:, None]).squeeze(1) - other
 
 
-def _square_fraction(p_init: float, query: int, queries: int) -> float:
-    # The paper's schedule, defined on a 10000-query budget and rescaled to ours.
-    i = int(query / queries * 10000)
+def _square_fraction(p_init: float, query: int, queries: int, rescale: bool = True) -> float:
+    # The paper's schedule, defined on a 10000-query budget: rescaled to ours, or read at the raw
+    # query count (AutoAttack's standard run, which never reaches the last halvings at 5000).
+    i = int(query / queries * 10000) if rescale else query
     for bound, div in ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64), (6000, 128), (8000, 256)):
         if i <= bound:
             return p_init / div
@@ -44,6 +45,8 @@ class Square(Attack):
         queries: model queries per point, the initial one included (default 5000, as in AutoAttack).
         p_init: the initial fraction of pixels a window covers (default 0.8, AutoAttack's L-inf value).
         restarts: runs from fresh stripes on the points still robust (default 1).
+        rescale: the window schedule, defined on 10000 queries, is rescaled to ``queries`` (default
+            True); False reads it at the raw query count, as AutoAttack's standard version does.
 
     Returns:
         x_adv with the shape, dtype and device of x (L-inf only).
@@ -57,6 +60,7 @@ class Square(Attack):
     queries: int = 5000
     p_init: float = 0.8
     restarts: int = 1
+    rescale: bool = True
 
     def __post_init__(self) -> None:
         check_int("square", "queries", self.queries, 1)
@@ -94,7 +98,7 @@ class Square(Attack):
             if alive.numel() == 0:
                 break
             m = alive.numel()
-            s = min(max(round(math.sqrt(_square_fraction(self.p_init, q, self.queries) * h * w)), 1), h - 1, w - 1)
+            s = min(max(round(math.sqrt(_square_fraction(self.p_init, q, self.queries, self.rescale) * h * w)), 1), h - 1, w - 1)
             draw = streams[alive]
             top = draw.randint(0, h - s + 1, (1, 1))
             left = draw.randint(0, w - s + 1, (1, 1))

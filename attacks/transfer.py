@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -69,6 +69,10 @@ class Transfer(Attack):
     def batch_invariant(self) -> bool:  # type: ignore[override]
         return specs.attack(self.attack).batch_invariant
 
+    #: Config keys that name a constructor argument otherwise: the inner attack's spec is stored as
+    #: ``surrogate_attack``, since ``attack`` is where every attack's config holds its registered name.
+    config_arguments: ClassVar[dict[str, str]] = {"surrogate_attack": "attack"}
+
     def config(self) -> dict[str, Any]:
         # The surrogate (its weights and architecture) and the inner attack's code decide the
         # result, so they are part of the store key.
@@ -77,9 +81,9 @@ class Transfer(Attack):
 
         surrogate = _surrogate(self.surrogate)
         inner = specs.attack(self.attack)
-        return super().config() | {"surrogate_sha256": surrogate.weights_sha256,
-                                   "surrogate_arch_sha256": model_id(surrogate)[0].arch_sha256,
-                                   "attack_code_sha256": fingerprint.code_of(type(inner)).sha256}
+        return {"attack": ATTACKS.name_of(type(self)), "surrogate": self.surrogate, "surrogate_attack": self.attack,
+                "surrogate_sha256": surrogate.weights_sha256, "surrogate_arch_sha256": model_id(surrogate)[0].arch_sha256,
+                "attack_code_sha256": fingerprint.code_of(type(inner)).sha256}
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat,
             generator: torch.Generator | None) -> torch.Tensor:

@@ -75,16 +75,19 @@ def table(store: Store, headline_eps: float = 0.1, norm: str = "linf") -> pd.Dat
             row[single["attacks"]] = single["robust_acc"]
         row.update(robust_acc=worst["robust_acc"], robust_acc_ci_low=worst["robust_acc_ci_low"],
                    robust_acc_ci_high=worst["robust_acc_ci_high"], robust_top5=worst["robust_top5"],
-                   worst_case_over=worst["attacks"], checks=_flag(g),
+                   worst_case_over=worst["attacks"], checks=_flag(g, worst),
                    caught=worst["caught"] if "caught" in worst else None,
                    detection_auc=worst["detection_auc"] if "detection_auc" in worst else None)
         rows.append(row)
     out = pd.DataFrame(rows)
     # A defense attacked several adaptive ways (full gradients, BPDA) is ranked by the strongest:
-    # its lowest robust accuracy. Oblivious rows are shown, never ranked.
+    # its lowest robust accuracy, and only if that row's checks pass: a row whose checks still fail
+    # (after escalation, or with escalation switched off) is unverified, shown below the ranking
+    # with its reason, never ranked; a verified row of the same defense with a higher number is not
+    # ranked in its place. Oblivious rows are shown, never ranked.
     adaptive = out[out["mode"] != "oblivious"]
     strongest = adaptive.sort_values("robust_acc").groupby(["model", "dataset", "defense"], sort=False).head(1).index
-    out["ranked"] = out.index.isin(strongest)
+    out["ranked"] = out.index.isin(strongest) & ~out["checks"].map(unverified)
     # The oblivious number beside every adaptive row of the same defense: the gap is what an
     # oblivious evaluation would have overstated.
     obl = out[out["mode"] == "oblivious"].set_index(["model", "dataset", "defense"])["robust_acc"]
@@ -96,15 +99,31 @@ def table(store: Store, headline_eps: float = 0.1, norm: str = "linf") -> pd.Dat
     return out.drop(columns="ranked")
 
 
-def _flag(g: pd.DataFrame) -> str:
-    """The gradient-masking flag of one leaderboard row: ok, the failed checks, or not run."""
+def _flag(g: pd.DataFrame, worst: pd.Series) -> str:
+    """The gradient-masking status of one leaderboard row, from the cell it shows (its worst case):
+    ``ok``; ``ok after escalation (steps)``; ``UNVERIFIED: checks`` where checks still fail after
+    escalation, ``FAILED: checks (not escalated)`` where none ran; ``not run``. A worst case whose own
+    checks were not run takes the failed checks of the other cells of its row, if any."""
     if "checks_run" not in g:
         return "not run"
-    checked = g[g["checks_run"].fillna(0) > 0]
-    if checked.empty:
-        return "not run"
-    failed = sorted({name for names in checked["checks_failed"].fillna("") for name in names.split(",") if name})
-    return "FAILED: " + ", ".join(failed) if failed else "ok"
+    escalated = str(worst.get("escalation") or "")
+    steps = f" ({escalated.replace('+', ', ')})" if escalated else ""
+    if (worst.get("checks_run") or 0) > 0:
+        failed = sorted(n for n in str(worst.get("checks_failed") or "").split(",") if n)
+    else:
+        checked = g[g["checks_run"].fillna(0) > 0]
+        if checked.empty:
+            return "not run"
+        failed = sorted({name for names in checked["checks_failed"].fillna("") for name in names.split(",") if name})
+    if failed:
+        return ("UNVERIFIED after escalation" + steps + ": " if escalated or worst.get("escalated_from")
+                else "FAILED (not escalated): ") + ", ".join(failed)
+    return "ok after escalation" + steps if escalated else "ok"
+
+
+def unverified(checks: str) -> bool:
+    """Whether a row's status says a check still fails: shown, never ranked."""
+    return checks.startswith(("FAILED", "UNVERIFIED"))
 
 
 def _pct(v: Any) -> str:
@@ -133,8 +152,10 @@ def markdown(store: Store, headline_eps: float = 0.1) -> str:
         "Robust accuracy counts an example only if it is clean-correct and correct under every attack "
         "(per-example worst case). Ranked by worst-case robust accuracy. Top-5 robust accuracy is "
         "shown only where every attack ran without early stop (a point stopped at the top-1 flip "
-        "keeps its label in the top 5). The masking checks column lists the gradient-masking checks "
-        "(Carlini et al. 2019) that failed; a number next to a failed check is not to be trusted." + (
+        "keeps its label in the top 5). The masking checks column gives the gradient-masking checks "
+        "(Carlini et al. 2019): where one failed, the engine escalated (attacks chosen by the failed check, "
+        "run over the points still standing, then the checks again); a row whose checks still fail is "
+        "UNVERIFIED and listed below the ranking without a rank, its number an upper bound only." + (
             " A defended model is listed once per attack mode: adaptive (white-box through the defense, full "
             "gradients where it is differentiable, BPDA for non-differentiable steps, EOT for random ones), bpda "
             "(the identity through every defense step) and oblivious (examples crafted on the bare model). Only the "

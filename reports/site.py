@@ -15,7 +15,7 @@ from robustbench_lite import __version__, zoo
 from robustbench_lite.specs import render
 from robustbench_lite.store import Store
 
-from .leaderboard import _META, _atomic, frame, plot, table
+from .leaderboard import _META, _atomic, frame, plot, table, unverified
 
 
 def _pct(v: Any) -> str:
@@ -58,7 +58,7 @@ def command(config: dict[str, Any], source: str | None = None) -> str:
 
 
 def _flagged(checks: str) -> bool:
-    return checks.startswith("FAILED")
+    return unverified(checks)
 
 
 def write_site(store: Store, out: Path, headline_eps: float = 0.1, plotted: bool = False) -> list[Path]:
@@ -113,6 +113,16 @@ def write_site(store: Store, out: Path, headline_eps: float = 0.1, plotted: bool
     return written
 
 
+def _command_of(store: Store, config: dict[str, Any] | None, source: str | None) -> str:
+    """The ``rbl eval`` command that reproduces a cell; an escalated cell is reproduced by the
+    command of the cell it escalates (which escalates by default)."""
+    if config and config.get("kind") == "escalated":
+        raw = store.config(config["cell"])
+        if raw and "attacks" in raw:
+            return command(raw, source)
+    return command(config, source) if config and "attacks" in config else "(combined from stored cells)"
+
+
 #: The figures of reports/galleries.py, by the artifact kind they are drawn from.
 GALLERIES = {"universal": ("universal_perturbations.png", "adversarial_examples.png", "transfer_matrix.png"),
              "fooling": ("fooling_images.png",), "transforms": ("destruction_rate.png",), "latent": ("latent_examples.png",),
@@ -131,15 +141,16 @@ def _model_pages(store: Store, out: Path, env: Any, cards: dict[str, Any]) -> li
         for _, c in g.sort_values(["defense", "mode", "eps", "n_attacks"]).iterrows():
             failed = c.get("checks_failed") or ""
             run = c.get("checks_run") or 0
-            checks = f"FAILED: {failed}" if failed else ("ok" if run else "not run")
+            steps = str(c.get("escalation") or "").replace("+", ", ")
+            checks = ((f"UNVERIFIED: {failed}" if c.get("escalated_from") else f"FAILED: {failed}") if failed
+                      else ("ok" if run else "not run")) + (f" (escalated: {steps})" if steps else "")
             config = store.config(c["key"])
             source = (store.provenance(c["key"]) or {}).get("model_source")
             cells.append({"defense": c["defense"], "mode": c["mode"], "attacks": c["attacks"], "eps": f"{c['eps']:g}",
                           "n": int(c["n"]), "clean": _pct(c["clean_acc"]), "robust": _pct(c["robust_acc"]),
                           "ci": f"{_pct(c['robust_acc_ci_low'])}–{_pct(c['robust_acc_ci_high'])}",
                           "caught": _pct(c.get("caught")), "checks": checks, "flagged": bool(failed),
-                          "command": command(config, source) if config and "attacks" in config
-                          else "(combined from stored cells)"})
+                          "command": _command_of(store, config, source)})
         page = out / "models" / f"{slug(model)}.html"
         plot(store, out / "models" / f"{slug(model)}.png", only=model)
         card = cards.get(model)

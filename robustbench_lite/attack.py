@@ -41,6 +41,16 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
             m.training = training
 
 
+def input_grad(loss: torch.Tensor, x: torch.Tensor, retain_graph: bool = False) -> torch.Tensor:
+    """d loss / d x, and zero where the model's output does not depend on ``x`` in the autograd
+    graph at all (a forward pass that detaches its input, or runs its own optimisation): such a
+    model gives an attack nothing to follow, which is the masking checks' business, not an error."""
+    if not loss.requires_grad:
+        return torch.zeros_like(x)
+    (g,) = torch.autograd.grad(loss, x, retain_graph=retain_graph, allow_unused=True)
+    return torch.zeros_like(x) if g is None else g
+
+
 def check_batch(x: torch.Tensor, y: torch.Tensor, bounds: tuple[float, float] = (0.0, 1.0)) -> None:
     """Raise on inputs that no attack or model can meaningfully process."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
@@ -188,7 +198,7 @@ def gradient_steps(
                         break
                     logits = logits[keep]
             loss = F.cross_entropy(logits, gs, reduction="sum")
-            (grad,) = torch.autograd.grad(-loss if t is not None else loss, xa)
+            grad = input_grad(-loss if t is not None else loss, xa)
             if keep is not None:
                 grad, xa = grad[keep], xa[keep]
             xa = project(xa.detach() + step_size * _direction(grad, threat, direction), xs)

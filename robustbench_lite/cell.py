@@ -22,7 +22,9 @@ What is in it, and why each field can change a result:
   the libraries that the engine, the methods and the model's code call into.
 
 The gradient-masking verdicts are keyed apart (:func:`checks_config`): they depend on the check
-settings and on the cells whose accuracies they read, not the other way round.
+settings and on the cells whose accuracies they read, not the other way round. A cell escalated
+because a check failed is keyed by the cell it escalates, the failed checks, the check and ladder
+settings, the ladder as data and the code that climbs it (``engine.escalation_config``).
 """
 from __future__ import annotations
 

@@ -9,7 +9,10 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from .engine import EvalResult
 
 from . import __version__
 
@@ -128,8 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--eot", type=_positive_int, default=20, help="EOT draws per gradient on a random defense (default 20)")
     e.add_argument("--votes", type=_positive_int, default=10, help="passes voting on a random defense's label (default 10)")
     e.add_argument("--strict", action="store_true",
-                   help=f"exit {EXIT_CHECKS} if a gradient-masking check fails on a ranked (non-oblivious) result")
-    e.add_argument("--no-checks", action="store_true", help="skip the gradient-masking checks")
+                   help=f"exit {EXIT_CHECKS} if a ranked (non-oblivious) result is unverified: a gradient-masking check "
+                        "still fails (after escalation, unless --no-escalate)")
+    e.add_argument("--no-escalate", action="store_true",
+                   help="keep the raw number when a check fails (shown, never ranked) instead of climbing the "
+                        "escalation ladder")
+    e.add_argument("--no-checks", action="store_true", help="skip the gradient-masking checks (and escalation)")
     e.add_argument("--checks-n", type=_positive_int, default=100, help="points the checks look at (default 100, >= 10)")
     e.add_argument("--json", action="store_true", help="one JSON object per eps")
     e.add_argument("--no-store", action="store_true", help="do not read or write the results store")
@@ -272,6 +279,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .checks import CheckConfig
     from .defense import chain
     from .detector import Detector
+    from .escalation import EscalationConfig
 
     checks = None if args.no_checks else CheckConfig(n=args.checks_n)
     attacks = [specs.attack(a) for a in specs.expand(args.attack)]  # bad specs fail before any loading
@@ -292,7 +300,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                    for r in evaluate(lm, split, attacks, args.eps, norm=args.norm, n=args.n, seed=args.seed,
                                      batch_size=args.batch_size, store=store, progress=sys.stderr.isatty(),
                                      defense=defenses, mode=mode, eot=args.eot, votes=args.votes, checks=checks,
-                                     calibration=calibration)]
+                                     calibration=calibration, escalate=None if args.no_escalate else EscalationConfig())]
     finally:
         if store is not None:
             store.close()
@@ -307,22 +315,44 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 auc = "n/a" if r.detection_auc is None else f"{r.detection_auc:.3f}"
                 defended += f" (caught {r.caught:.4f}, clean rejected {r.clean_rejected:.4f}, detection AUC {auc})"
             print(f"{r.model}{defended} eps={r.eps:g} ({r.norm}) n={r.n}: clean {r.clean_acc:.4f}  robust {r.robust_acc:.4f} "
-                  f"[{lo:.4f}, {hi:.4f}]  top-5 {top5}  under {' + '.join(specs.expand(args.attack))}  ({r.seconds:.1f}s)")
+                  f"[{lo:.4f}, {hi:.4f}]  top-5 {top5}  under {' + '.join(specs.expand(args.attack))}"
+                  f"{' + escalation' if r.escalated_from else ''}  ({r.seconds:.1f}s)")
     # Verdicts are per model and defense mode, shared by its eps cells: print each set once.
     shown: set[tuple[str, str]] = set()
     for r in results:
         if r.checks and (r.mode, r.defense) not in shown and not args.json:
             shown.add((r.mode, r.defense))
-            failed = r.failed_checks
+            failed = tuple(v for v in r.checks if v.passed is False)
             label = "" if r.defense == "none" else f" [{r.mode}]"
             print(f"checks{label}: {len(failed)} of {sum(v.passed is not None for v in r.checks)} failed"
                   + "".join(f"\n  {v}" for v in failed))
+    for r in results:
+        if r.escalated_from and not args.json:
+            print(ladder_text(r))
     if args.strict:
         bad = sorted({v.name for r in results if r.mode != "oblivious" for v in r.failed_checks})
         if bad:
-            print(f"rbl: --strict: gradient-masking checks failed: {', '.join(bad)}", file=sys.stderr)
+            print(f"rbl: --strict: unverified: gradient-masking checks still fail: {', '.join(bad)}", file=sys.stderr)
             return EXIT_CHECKS
     return 0
+
+
+def ladder_text(r: "EvalResult") -> str:
+    """The escalation ladder a cell climbed: the number after each step, the checks after it."""
+    label = "" if r.defense == "none" else f" [{r.mode}]"
+    lines = [f"escalation{label} eps={r.eps:g} (checks failed: {', '.join(v.name for v in r.checks if v.passed is False)}):"]
+    for s in r.escalation:
+        if s.get("skipped"):
+            lines.append(f"  {s['step']:<13} skipped: {s['view']}")
+        else:
+            lines.append(f"  {s['step']:<13} robust {s['robust_acc']:.4f}  (-{s['broken']} points, {s['seconds']:.1f}s) "
+                         f"on {s['view']}")
+    failed = r.failed_checks
+    lines.append(f"  -> robust {r.robust_acc:.4f}: " + ("verified: every check passes after escalation" if not failed else
+                                                      "UNVERIFIED (shown, never ranked): still failing: "
+                                                      + ", ".join(v.name for v in failed)))
+    lines += [f"     {v}" for v in failed]
+    return "\n".join(lines)
 
 
 EXIT_MISMATCH = 1  # rbl verify: a cell did not reproduce, or could not be re-run

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import fingerprint, specs
-from .attack import Attack, check_int, eval_mode, without_early_stop
+from .attack import Attack, check_int, eval_mode, input_grad, without_early_stop
 from .cell import CellConfig, ModelId, checks_config, checks_random_key, digest, model_id, worst_case_config
 from .checks import CheckConfig, Probe, Verdict
 from .checks import run as run_checks
@@ -32,6 +32,8 @@ from . import data as data_mod
 from .defense import Defended, Defense, chain, vote
 from .detector import Detector, Fitted, Guarded
 from .detector import fit as fit_detector
+from . import escalation as ladder_mod
+from .escalation import EscalationConfig
 from .rng import PointStreams
 from .stats import auc, wilson
 from .threat import Threat
@@ -90,6 +92,12 @@ class EvalResult:
     clean_rejected: float | None = None
     detection_auc: float | None = None
     combined_from: tuple[str, ...] = ()  # a worst case's cells (combine); empty for a computed cell
+    # An escalated cell (see escalation.py): the cell it escalated, each step of the ladder it climbed
+    # (what ran, on which view, what it took, the robust accuracy after it), and the checks run again
+    # afterwards. Its ``checks`` are the verdicts that triggered it.
+    escalated_from: str = ""
+    escalation: tuple[dict[str, Any], ...] = ()
+    rechecks: tuple[Verdict, ...] = ()
     robust: np.ndarray = field(default_factory=lambda: np.zeros(0, bool), repr=False, compare=False)
     robust_top5_mask: np.ndarray = field(default_factory=lambda: np.zeros(0, bool), repr=False, compare=False)
 
@@ -98,10 +106,13 @@ class EvalResult:
     def to_row(self) -> dict[str, Any]:
         """A flat row for pandas, the store and the reports (per-example bits left out)."""
         row = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-               if f.name not in self._ARRAYS + ("versions", "checks", "combined_from")}
+               if f.name not in self._ARRAYS + ("versions", "checks", "combined_from", "escalation", "rechecks")}
         row["attacks"] = "+".join(self.attacks)
-        row["checks_run"] = sum(v.passed is not None for v in self.checks)
+        row["checks_run"] = sum(v.passed is not None for v in self.final_checks)
         row["checks_failed"] = ",".join(v.name for v in self.failed_checks)
+        row["checks_failed_before"] = ",".join(v.name for v in self.checks if v.passed is False)
+        row["escalation"] = "+".join(s["step"] for s in self.escalation if not s.get("skipped"))
+        row["verified"] = self.verified
         row["robust_acc_ci_low"], row["robust_acc_ci_high"] = row.pop("robust_acc_ci")
         row.update({f"version_{k}": v for k, v in self.versions.items()})
         return row
@@ -110,18 +121,34 @@ class EvalResult:
         """Every field but the per-example bits, JSON-ready; :meth:`from_record` inverts it."""
         rec = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in self._ARRAYS}
         return rec | {"attacks": list(self.attacks), "robust_acc_ci": list(self.robust_acc_ci),
-                      "checks": [v.to_dict() for v in self.checks], "combined_from": list(self.combined_from)}
+                      "checks": [v.to_dict() for v in self.checks], "combined_from": list(self.combined_from),
+                      "escalation": [dict(s) for s in self.escalation], "rechecks": [v.to_dict() for v in self.rechecks]}
 
     @classmethod
     def from_record(cls, rec: dict[str, Any], robust: np.ndarray, robust_top5: np.ndarray) -> "EvalResult":
         return cls(**(rec | {"attacks": tuple(rec["attacks"]), "robust_acc_ci": tuple(rec["robust_acc_ci"]),
                             "checks": tuple(Verdict.from_dict(v) for v in rec.get("checks", ())),
                             "combined_from": tuple(rec.get("combined_from", ())),
+                            "escalation": tuple(rec.get("escalation", ())),
+                            "rechecks": tuple(Verdict.from_dict(v) for v in rec.get("rechecks", ())),
                             "robust": robust, "robust_top5_mask": robust_top5}))
 
     @property
+    def final_checks(self) -> tuple[Verdict, ...]:
+        """The verdicts that stand: after escalation where the cell was escalated, else its checks."""
+        return self.rechecks if self.escalated_from else self.checks
+
+    @property
     def failed_checks(self) -> tuple[Verdict, ...]:
-        return tuple(v for v in self.checks if v.passed is False)
+        return tuple(v for v in self.final_checks if v.passed is False)
+
+    @property
+    def verified(self) -> bool | None:
+        """None: no check ran; True: every check that ran passes (after escalation, if any);
+        False: one still fails, and the number is shown but never ranked."""
+        if not any(v.passed is not None for v in self.final_checks):
+            return None
+        return not self.failed_checks
 
     def to_json(self) -> dict[str, Any]:
         """The ``rbl eval --json`` object."""
@@ -129,7 +156,8 @@ class EvalResult:
                 "eps": self.eps, "n": self.n, "clean_acc": self.clean_acc, "robust_acc": self.robust_acc,
                 "robust_acc_ci": list(self.robust_acc_ci), "clean_top5": self.clean_top5,
                 "robust_top5": self.robust_top5, "seconds": self.seconds,
-                "checks": [v.to_dict() for v in self.checks]} | (
+                "checks": [v.to_dict() for v in self.checks], "verified": self.verified,
+                "escalation": [dict(s) for s in self.escalation], "rechecks": [v.to_dict() for v in self.rechecks]} | (
                 {"caught": self.caught, "clean_rejected": self.clean_rejected, "detection_auc": self.detection_auc}
                 if self.caught is not None else {})
 
@@ -205,6 +233,7 @@ def evaluate(
     votes: int = 10,
     checks: CheckConfig | None = CheckConfig(),
     calibration: Split | None = None,
+    escalate: EscalationConfig | None = EscalationConfig(),
 ) -> list[EvalResult]:
     """Evaluate ``model`` on the first ``n`` points of ``data`` under ``attacks`` at each eps.
 
@@ -241,7 +270,14 @@ def evaluate(
             ``detector.calibration`` points of the training split).
         checks: how the gradient-masking checks run (:class:`~robustbench_lite.checks.CheckConfig`),
             once per call at the middle non-zero eps, their verdicts attached to every cell;
-            None skips them. They never change a robust accuracy.
+            None skips them (and escalation).
+        escalate: how the engine answers a failed check on a ranked (non-oblivious) evaluation
+            (:class:`~robustbench_lite.escalation.EscalationConfig`): every cell at eps > 0 climbs
+            the ladder of attacks that answer the failed checks, as a cascade over its surviving
+            points, and the checks run again against the result. The returned (and stored) cell
+            is the escalated one, its accuracy the per-example worst case over the attacks and
+            every step; a cell whose checks still fail is unverified (``EvalResult.verified``).
+            None keeps the raw number, which stays unverified while a check fails.
 
     Returns:
         One :class:`EvalResult` per eps, in the given order.
@@ -294,20 +330,11 @@ def evaluate(
             # Early-stopped attacks only decide top-1, so only still-robust points are worth
             # attacking; full-length ones also get the top-1-fooled points still in the top 5.
             todo = (top5 if top5_measured else robust).nonzero().squeeze(1)
-            for j, chunk in enumerate(todo.split(batch_size) if todo.numel() else ()):
-                xc, yc = x[chunk], y[chunk]  # the engine's, for checking and judging
-                xb, yb = xc.clone(), yc.clone()  # the attack's
-                rng: PointStreams | torch.Generator = (
-                    PointStreams.for_points(_seed(draws, "attack", i), chunk) if attack.batch_invariant
-                    else torch.Generator().manual_seed(_seed(draws, "attack", i, j)))
-                x_adv = attack(surface, xb, yb, dataclasses.replace(threat), generator=rng)
-                _check_untouched(f"attack {name}", xb, xc, yb, yc)
-                guard.check(f"attack {name}")
-                _check_output(name, x_adv, xc, threat, tolerance)
-                x_final[chunk] = threat.project(x_adv, xc)
-                logits = judge(x_final[chunk])
-                robust[chunk] &= _held(logits, yc, rejects)
-                top5[chunk] &= _top5(logits, yc)
+            for chunk, x_adv, logits in _attacked(name, attack, surface, judge, x, y, todo, threat, batch_size,
+                                                  (draws, "attack", i), guard, tolerance):
+                x_final[chunk] = x_adv
+                robust[chunk] &= _held(logits, y[chunk], rejects)
+                top5[chunk] &= _top5(logits, y[chunk])
             bar.update(1)
         detection = _detection(deployed, judge, x, y, x_final, clean_correct, clean_logits) if rejects else {}
         arch, recipe = (lm.card.arch, lm.card.recipe) if lm.card else (plan.model.arch, "")
@@ -327,7 +354,31 @@ def evaluate(
     if checks is not None:
         verdicts = _checked(plan, setup, guard, x, y, results, checks, store)
         results = [dataclasses.replace(r, checks=verdicts) for r in results]
+        if escalate is not None and plan.configs[0].mode != "oblivious" and any(v.passed is False for v in verdicts):
+            ladder = _Ladder(plan, setup, guard, x, y, checks, escalate, batch_size, tolerance, store, progress)
+            results = [ladder.climb(r) if r.eps > 0 else r for r in results]
     return results
+
+
+def _attacked(name: str, attack: Attack, surface: nn.Module, judge: Any, x: torch.Tensor, y: torch.Tensor,
+              todo: torch.Tensor, threat: Threat, batch_size: int, seed: tuple[Any, ...], guard: "_Guard",
+              tolerance: float) -> Any:
+    """Run one attack on the points ``todo`` in chunks, as the engine does everywhere: on copies of
+    the images and labels, each chunk's random numbers from per-point streams (a batch-invariant
+    attack) or a generator per chunk, every output checked against the engine's own copies and the
+    threat, then projected and judged. Yields (chunk, projected x_adv, the judge's scores)."""
+    for j, chunk in enumerate(todo.split(batch_size) if todo.numel() else ()):
+        xc, yc = x[chunk], y[chunk]  # the engine's, for checking and judging
+        xb, yb = xc.clone(), yc.clone()  # the attack's
+        rng: PointStreams | torch.Generator = (
+            PointStreams.for_points(_seed(*seed), chunk) if attack.batch_invariant
+            else torch.Generator().manual_seed(_seed(*seed, j)))
+        x_adv = attack(surface, xb, yb, dataclasses.replace(threat), generator=rng)
+        _check_untouched(f"attack {name}", xb, xc, yb, yc)
+        guard.check(f"attack {name}")
+        _check_output(name, x_adv, xc, threat, tolerance)
+        x_adv = threat.project(x_adv, xc)
+        yield chunk, x_adv, judge(x_adv)
 
 
 def _seed(key: str, *what: Any) -> int:
@@ -674,6 +725,215 @@ def _checked(plan: _Plan, setup: _Setup, guard: _Guard, x: torch.Tensor, y: torc
     return verdicts
 
 
+def escalation_config(result: EvalResult, failed: set[str], checks: CheckConfig, config: EscalationConfig,
+                      steps: list[tuple[ladder_mod.Step, list[Attack]]]) -> dict[str, Any]:
+    """The key of an escalated cell: the cell it escalates (its key holds everything that decided
+    it), the failed checks that chose the steps, the check and ladder settings, the ladder as data,
+    every step's attacks (their configs and code, surrogates by weights) and the code that climbs it."""
+    return {"schema": CellConfig.__dataclass_fields__["schema"].default, "kind": "escalated", "cell": result.key,
+            "failed": sorted(failed), "checks": dataclasses.asdict(checks),
+            "settings": dataclasses.asdict(config), "ladder": ladder_mod.ladder_data(),
+            "steps": [{"step": st.name, "attacks": [method_identity(a)[0] for a in attacks]} for st, attacks in steps],
+            "escalation_sha256": fingerprint.module_code("robustbench_lite.escalation").sha256,
+            "engine_sha256": engine_code().sha256}
+
+
+class _Ladder:
+    """Climbs the escalation ladder for the cells of one evaluation (see escalation.py)."""
+
+    def __init__(self, plan: _Plan, setup: _Setup, guard: _Guard, x: torch.Tensor, y: torch.Tensor, checks: CheckConfig,
+                 config: EscalationConfig, batch_size: int, tolerance: float, store: Any | None, progress: bool = False):
+        self.plan, self.setup, self.guard, self.x, self.y = plan, setup, guard, x, y
+        self.checks, self.config, self.batch_size, self.tolerance, self.store = checks, config, batch_size, tolerance, store
+        self.progress = progress
+        # Seeded from the cell's inputs without its attacks or any code fingerprint, so a re-run
+        # under changed code (rbl verify) draws the same numbers.
+        self.draws = dataclasses.replace(plan.configs[0], attacks=(), eps=0.0).random_key
+
+    def _steps(self, failed: set[str]) -> list[tuple[ladder_mod.Step, list[Attack]]]:
+        from attacks.transfer import Transfer
+
+        surrogates = ladder_mod.surrogates(self.config, self.plan.lm.dataset, self.plan.lm.weights_sha256)
+        out = []
+        for st in ladder_mod.steps_for(failed):
+            if st.view == "transfer":
+                attacks: list[Attack] = [Transfer(surrogate=s, attack=a) for s in surrogates for a in st.specs(self.config)]
+            else:
+                attacks = [specs.attack(a) for a in st.specs(self.config)]
+            out.append((st, attacks))
+        return out
+
+    def climb(self, result: EvalResult) -> EvalResult:
+        failed = {v.name for v in result.checks if v.passed is False}
+        steps = self._steps(failed)
+        config = escalation_config(result, failed, self.checks, self.config, steps)
+        key = digest(config)
+        stored = self.store.get(key) if self.store is not None else None
+        if stored is not None:
+            return stored
+        start = time.perf_counter()
+        threat = Threat(result.norm, result.eps)
+        deployed, surface, judge = self.setup.views(_seed(self.draws, "escalation", "defense"))
+        rejects = self.setup.detector is not None
+        robust = torch.from_numpy(result.robust.copy()).to(self.x.device)
+        n = len(robust)
+        # Where the gradient dies is looked for on clean-correct points (a wrong one has no loss to climb).
+        look = robust.nonzero().squeeze(1)[:16]
+        look = look if look.numel() >= 4 else torch.arange(min(n, 16))
+        bpda = (dataclasses.replace(self.setup, mode="bpda").views(_seed(self.draws, "escalation", "defense"))[1]
+                if self.setup.defended else None)
+        bare = self.setup.attack_model if self.setup.defended else None
+        record: list[dict[str, Any]] = []
+        self.used: list[tuple[nn.Module, list[Attack]]] = []
+        self.followed: dict[str, nn.Module] = {"the attack surface": surface}  # views whose gradients an attack followed
+        names = list(result.attacks)
+        for st, attacks in steps:
+            t0 = time.perf_counter()
+            before = int(robust.sum())
+            answers = sorted(c for c in failed if st.name in ladder_mod.LADDER.get(c, ()))
+            if st.view == "transfer":
+                view, what = (surface, "from " + ", ".join(sorted({a.surrogate for a in attacks}))) if attacks else (
+                    None, "no surrogate model of this dataset is trained (escalation surrogates=...)")
+            else:
+                view, what = ladder_mod.view(st, surface=surface, bare=bare, defense_bpda=bpda, x=self.x[look],
+                                             y=self.y[look], config=self.config)
+            entry: dict[str, Any] = {"step": st.name, "answers": answers, "view": what}
+            if view is None:
+                record.append(entry | {"skipped": True})
+                continue
+            ran: list[str] = []
+            for round_ in range(st.rounds):
+                round_attacks = attacks if round_ == 0 else [specs.attack(a) for a in st.specs(self.config, round_)]
+                at_start = int(robust.sum())
+                for i, attack in enumerate(round_attacks):
+                    spec = specs.render(attack.config(), "attack")
+                    ran.append(spec)
+                    todo = robust.nonzero().squeeze(1)
+                    for chunk, _, logits in _attacked(spec, attack, view, judge, self.x, self.y, todo, threat,
+                                                      self.batch_size, (self.draws, "escalation", st.name, round_, i),
+                                                      self.guard, self.tolerance):
+                        robust[chunk] &= _held(logits, self.y[chunk], rejects)
+                self.used.append((view, round_attacks))
+                if st.view != "transfer" and not any(a.config()["attack"] == "square" for a in round_attacks):
+                    self.followed[what] = view
+                if st.rounds > 1 and at_start - int(robust.sum()) <= self.config.agree * n:
+                    break
+            names += [f"{st.name}[{a}]" for a in ran]
+            record.append(entry | {"attacks": ran, "broken": before - int(robust.sum()),
+                                   "robust_acc": int(robust.sum()) / n, "seconds": round(time.perf_counter() - t0, 3)})
+            _log.info("escalation %s: robust %.4f", st.name, int(robust.sum()) / n)
+        self.guard.check("the escalation")
+        rechecks = self._recheck(result, robust, threat, failed, record)
+        self.guard.check("the checks after escalation")
+        out = _result(top5_measured=False, key=key, model=result.model, arch=result.arch, recipe=result.recipe,
+                      dataset=result.dataset, defense=result.defense, mode=result.mode, attacks=tuple(names),
+                      norm=result.norm, eps=result.eps, clean_acc=result.clean_acc, clean_top5=result.clean_top5,
+                      seconds=result.seconds + time.perf_counter() - start, seed=result.seed,
+                      data_sha256=result.data_sha256, weights_sha256=result.weights_sha256, versions=result.versions,
+                      caught=result.caught, clean_rejected=result.clean_rejected, detection_auc=result.detection_auc,
+                      combined_from=(result.key,) + tuple(result.combined_from), checks=result.checks,
+                      escalated_from=result.key, escalation=tuple(record), rechecks=rechecks,
+                      robust=robust.cpu().numpy().copy(), robust_top5_mask=robust.cpu().numpy().copy())
+        if self.store is not None:
+            self.store.put(out, config, provenance=_provenance(self.plan.lm, self.batch_size, self.x.device))
+        return out
+
+    def _reference(self, robust: torch.Tensor, threat: Threat) -> Any:
+        """Robust under the escalated evaluation, on the checks' points: the cell's own bits at its
+        threat, and the steps that ran, re-run on those points, at any other."""
+        n = min(self.checks.n, len(self.x))
+        judge = self.setup.views(_seed(self.draws, "escalation", "recheck"))[2]
+        rejects = self.setup.detector is not None
+
+        def reference(t: Threat) -> torch.Tensor:
+            if t.norm == threat.norm and abs(t.eps - threat.eps) < 1e-12:
+                return robust[:n].clone()
+            if t.norm == threat.norm and t.eps < threat.eps:
+                # Where the checks read a smaller eps (the monotonicity sweep), a weaker attack there can
+                # only raise that accuracy, never make accuracy rise with eps: the steps are not re-run.
+                return torch.ones(n, dtype=torch.bool, device=robust.device)
+            x, y = self.x[:n], self.y[:n]
+            bits = _held(judge(x.clone()), y, rejects)
+            for k, (view, attacks) in enumerate(self.used):
+                for i, attack in enumerate(attacks):
+                    todo = bits.nonzero().squeeze(1)
+                    for chunk, _, logits in _attacked("escalation", attack, view, judge, x, y, todo, t, self.batch_size,
+                                                      (self.draws, "recheck", t.eps, k, i), self.guard, self.tolerance):
+                        bits[chunk] &= _held(logits, y[chunk], rejects)
+            return bits
+        return reference
+
+    def _recheck(self, result: EvalResult, robust: torch.Tensor, threat: Threat, failed: set[str],
+                 record: list[dict[str, Any]]) -> tuple[Verdict, ...]:
+        after = _check(self.setup, self.x, self.y, threat, {result.eps: int(robust.sum()) / len(robust)}, self.checks,
+                       _seed(self.draws, "recheck", result.eps), reference=self._reference(robust, threat))
+        comparisons_ok = all(v.passed is not False for v in after if v.name not in ladder_mod.PROPERTIES)
+        alive, where = self._survivors_alive(robust)
+        out = []
+        for v in after:
+            if v.name in ladder_mod.PROPERTIES and v.passed is False:
+                ran = [s["step"] for s in record if not s.get("skipped") and v.name in s["answers"]]
+                # A property of the model is answered only where the points still standing are not the
+                # ones it hides: some view an attack followed has a live gradient on them (a random
+                # model's is answered by EOT itself).
+                needs_gradient = v.name != "stochastic_outputs"
+                why = ("no step of its ladder applied" if not ran else
+                       "an attack comparison still fails after escalation" if not comparisons_ok else
+                       f"on the points still robust, no view an attack followed has a live gradient ({where})"
+                       if needs_gradient and not alive else "")
+                if not why:
+                    v = Verdict(v.name, True, v.value, v.threshold,
+                                f"answered by escalation ({', '.join(ran)}): the number is the per-example worst case over "
+                                f"them, every attack comparison passes against it" + (f", and {where}" if needs_gradient else "")
+                                + f". As found: {v.explanation}")
+                else:
+                    v = dataclasses.replace(v, explanation=v.explanation + "; not answered: " + why)
+            out.append(v)
+        return tuple(out)
+
+    def _survivors_alive(self, robust: torch.Tensor, threshold: float = 0.1) -> tuple[bool, str]:
+        """Whether, on (up to the checks' n of) the points still robust, some view whose gradient an
+        attack followed has a zero or non-finite input gradient on at most ``threshold`` of them
+        (the gradients check's rule), and where."""
+        left = robust.nonzero().squeeze(1)[: self.checks.n]
+        if left.numel() == 0:
+            return True, "no point is left standing"
+        x, y = self.x[left], self.y[left]
+        best, name = -1.0, ""
+        for what, view in self.followed.items():
+            xg = x.clone().requires_grad_(True)
+            with torch.enable_grad(), eval_mode(view):
+                g = input_grad(torch.nn.functional.cross_entropy(view(xg).float(), y, reduction="sum"), xg).flatten(1)
+            share = float((torch.isfinite(g).all(1) & (g.abs().sum(1) > 0)).float().mean())
+            if share > best:
+                best, name = share, what
+        return best >= 1 - threshold, (f"on the {len(left)} points still robust the gradient of {name} is alive on "
+                                       f"{best:.0%} of them")
+
+
+def escalate(result: EvalResult, model: LoadedModel | nn.Module, data: Split, *, defense: Sequence[str | Defense] = (),
+             mode: str = "adaptive", eot: int = 20, votes: int = 10, batch_size: int = 500,
+             checks: CheckConfig = CheckConfig(), config: EscalationConfig = EscalationConfig(), store: Any | None = None,
+             calibration: Split | None = None, tolerance: float = 1e-5) -> EvalResult:
+    """Escalate one stored or combined cell whose checks failed (a profile's per-example worst case
+    over single-attack cells), as :func:`evaluate` escalates its own: ``model``, ``data`` and the
+    defense arguments must be those the cell was computed with. A cell whose checks passed, an
+    oblivious one and one at eps 0 are returned as they are."""
+    if result.escalated_from or result.mode == "oblivious" or result.eps == 0 or not any(
+            v.passed is False for v in result.checks):
+        return result
+    plan = _plan(model, data, ["fgsm"], [result.eps], norm=result.norm, n=result.n, seed=result.seed, batch_size=batch_size,
+                 defense=defense, mode=mode, eot=eot, votes=votes, calibration=calibration)
+    if (plan.lm.weights_sha256, plan.subset.sha256()) != (result.weights_sha256, result.data_sha256):
+        raise ValueError(f"escalate: the cell {result.key[:16]}... was computed on other weights or data than given")
+    fitted = _fit(plan.detector, plan.lm, plan.pre, plan.calibration, result.seed) if plan.detector is not None else None
+    guard = _Guard(plan.lm.model, fitted)
+    setup = _Setup(plan.lm.model, guard, plan.pre, fitted, mode, eot, votes, batch_size)
+    ladder = _Ladder(plan, setup, guard, plan.subset.floats(), plan.subset.labels.clone(), checks, config, batch_size,
+                     tolerance, store)
+    return ladder.climb(result)
+
+
 def recheck(config: dict[str, Any], model: LoadedModel, data: Split, accuracies: dict[float, float],
             defenses: Sequence[Defense | Detector], calibration: Split | None = None) -> tuple[Verdict, ...]:
     """Re-run one stored set of gradient-masking verdicts from its config (``rbl verify``):
@@ -694,14 +954,18 @@ def recheck(config: dict[str, Any], model: LoadedModel, data: Split, accuracies:
 
 
 def _check(setup: _Setup, x: torch.Tensor, y: torch.Tensor, threat: Threat, accuracies: dict[float, float],
-           cfg: CheckConfig, seed: int) -> tuple[Verdict, ...]:
+           cfg: CheckConfig, seed: int, reference: Any = None) -> tuple[Verdict, ...]:
     deployed, surface, judge = setup.views(seed)
     adaptive = setup.defended and setup.mode in ADAPTIVE_MODES
+    # The defense steps whose own autograd the attack follows (adaptive mode, declared differentiable).
+    followed = tuple((d.spec(), functools.partial(d.transform, generator=torch.Generator().manual_seed(seed)))
+                     for d in setup.pre if setup.mode == "adaptive" and d.differentiable)
     probe = Probe(deployed=deployed, surface=surface, judge=judge, x=x[:cfg.n].clone(), y=y[:cfg.n].clone(), threat=threat,
                   config=cfg, generator=torch.Generator().manual_seed(seed), bare=setup.attack_model if adaptive else None,
                   declared_stochastic=any(d.stochastic for d in setup.pre),
                   bpda=adaptive and (setup.mode == "bpda" or not all(d.differentiable for d in setup.parts)),
-                  rejects=setup.detector is not None, accuracies=accuracies)
+                  rejects=setup.detector is not None, accuracies=accuracies, classifier=setup.attack_model,
+                  followed=followed, reference=reference)
     torch.manual_seed(seed)
     return run_checks(probe)
 

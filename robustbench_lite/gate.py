@@ -10,7 +10,8 @@ A suite (see ``examples/ci-suite.toml``)::
     eps = [0.05, 0.1]
     norm = "linf"
     attacks = ["fgsm", "pgd:steps=20"]
-    checks = true              # gradient-masking checks; a failed one fails the gate
+    checks = true              # gradient-masking checks; a row whose checks still fail after escalation fails the gate
+    escalate = true            # climb the escalation ladder when a check fails (false: the raw number, unverified)
 
     [[model]]
     source = "smallcnn-fmnist-standard"    # zoo name or checkpoint path
@@ -37,6 +38,7 @@ from . import specs, zoo
 from .checks import CheckConfig
 from .defense import chain
 from .engine import MODES, evaluate
+from .escalation import EscalationConfig
 
 
 class SuiteError(ValueError):
@@ -66,6 +68,7 @@ class Suite:
     seed: int = 0
     checks: bool = True
     checks_n: int = 100
+    escalate: bool = True
     path: str = ""
 
 
@@ -83,6 +86,7 @@ class Row:
     failed_checks: tuple[str, ...]
     seconds: float
     problems: tuple[str, ...]
+    escalation: tuple[str, ...] = ()  # the ladder's steps that ran, where a check failed
 
     @property
     def passed(self) -> bool:
@@ -108,7 +112,7 @@ def load(path: str | Path) -> Suite:
 
 
 def parse(raw: dict[str, Any], where: str = "suite") -> Suite:
-    known_top, known_suite = {"suite", "model"}, {"name", "dataset", "n", "eps", "norm", "attacks", "seed", "checks", "checks_n"}
+    known_top, known_suite = {"suite", "model"}, {"name", "dataset", "n", "eps", "norm", "attacks", "seed", "checks", "checks_n", "escalate"}
     known_model = {"source", "defenses", "mode", "min_clean", "min_robust", "tolerance", "clean_tolerance", "robust_tolerance"}
 
     def unknown(keys: Any, known: set[str], at: str) -> None:
@@ -180,7 +184,7 @@ def parse(raw: dict[str, Any], where: str = "suite") -> Suite:
                           robust_tolerance=_number(f"{where}: {at} robust_tolerance", m.get("robust_tolerance", tol))))
     return Suite(name=str(s.get("name", Path(where).stem)), n=n, eps=eps_t, attacks=tuple(attacks), gates=tuple(gates),
                  norm=norm, dataset=s.get("dataset"), seed=int(s.get("seed", 0)), checks=bool(s.get("checks", True)),
-                 checks_n=int(s.get("checks_n", 100)), path=where)
+                 checks_n=int(s.get("checks_n", 100)), escalate=bool(s.get("escalate", True)), path=where)
 
 
 def run(suite: Suite, store: Any | None = None, data_dir: str | None = None, progress: bool = False) -> list[Row]:
@@ -192,7 +196,8 @@ def run(suite: Suite, store: Any | None = None, data_dir: str | None = None, pro
         test = data_mod.load(dataset, "test", data_dir=data_dir)
         results = evaluate(lm, test, list(suite.attacks), list(suite.eps), norm=suite.norm, n=suite.n, seed=suite.seed,
                            store=store, defense=list(g.defenses), mode=g.mode, progress=progress,
-                           checks=CheckConfig(n=min(suite.checks_n, suite.n)) if suite.checks else None)
+                           checks=CheckConfig(n=min(suite.checks_n, suite.n)) if suite.checks else None,
+                           escalate=EscalationConfig() if suite.escalate else None)
         for r in results:
             target = next((v for e, v in g.min_robust.items() if abs(e - r.eps) < 1e-12), None)
             problems = []
@@ -201,10 +206,12 @@ def run(suite: Suite, store: Any | None = None, data_dir: str | None = None, pro
             if target is not None and r.robust_acc < target - g.robust_tolerance - 1e-12:
                 problems.append(f"robust {r.robust_acc:.3f} < {target} - {g.robust_tolerance}")
             failed = tuple(v.name for v in r.failed_checks) if g.mode != "oblivious" else ()
-            problems += [f"gradient-masking check failed: {name}" for name in failed]
+            problems += [f"unverified: gradient-masking check still fails{' after escalation' if r.escalated_from else ''}: "
+                         f"{name}" for name in failed]
             rows.append(Row(model=lm.name, defense=r.defense, mode=r.mode, eps=r.eps, clean=r.clean_acc, robust=r.robust_acc,
                             ci=r.robust_acc_ci, min_clean=g.min_clean, min_robust=target, failed_checks=failed,
-                            seconds=r.seconds, problems=tuple(problems)))
+                            seconds=r.seconds, problems=tuple(problems),
+                            escalation=tuple(st["step"] for st in r.escalation if not st.get("skipped"))))
     return rows
 
 
@@ -221,7 +228,8 @@ def markdown(suite: Suite, rows: list[Row]) -> str:
              "|---|---|---:|---:|---:|---:|---:|---|---|"]
     for r in rows:
         defense = "none" if r.defense == "none" else f"{r.defense} [{r.mode}]"
-        checks = "FAILED: " + ", ".join(r.failed_checks) if r.failed_checks else "ok"
+        checks = "UNVERIFIED: " + ", ".join(r.failed_checks) if r.failed_checks else "ok"
+        checks += f" (escalated: {', '.join(r.escalation)})" if r.escalation else ""
         lines.append(f"| `{r.model}` | {defense} | {r.eps:g} | {_pct(r.clean)} | {_pct(r.min_clean)} | "
                      f"{_pct(r.robust)} ({_pct(r.ci[0])}–{_pct(r.ci[1])}) | {_pct(r.min_robust)} | {checks} | "
                      f"{'pass' if r.passed else 'FAIL: ' + '; '.join(r.problems)} |")

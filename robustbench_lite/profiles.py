@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 from . import data as data_mod
 from . import zoo
 from .cell import worst_case_config
-from .engine import EvalResult, cell_keys, combine
+from .engine import EvalResult, cell_keys, combine, escalate
 from .executors import Executor, Failed, LocalExecutor, Plugin, Progress, Task, execute
 from .store import Store
 from .train import TrainConfig, train
@@ -32,7 +32,7 @@ class Profile:
     n: int = 1000
     norm: str = "linf"
     dataset: str = "fmnist"
-    checks: bool = True  # run the gradient-masking checks (once per model, with the first attack)
+    checks: bool = True  # run the gradient-masking checks (once per model, with the first attack); escalate on a failure
 
     def select(self, models: Sequence[str] | None = None, eps: Sequence[float] | None = None) -> "Profile":
         """The same profile restricted to the models matching any of the ``models`` globs (in
@@ -131,7 +131,11 @@ def run_grid(profile: Profile, store: Store, *, data_dir: str | None = None, pro
             if all(r is not None for r in row):
                 worst = combine(row)
                 store.put(worst, worst_case_config(worst.combined_from))
-                results.append(store.get(worst.key) or worst)
+                worst = store.get(worst.key) or worst
+                results.append(worst)
+                # A failed check escalates the row's worst case, the number that is ranked.
+                if profile.checks and any(v.passed is False for v in worst.checks):
+                    results.append(escalate(worst, models[name], test, store=store))
     return Grid(results, failures)
 
 
@@ -184,7 +188,9 @@ def write_manifest(store: Store, out: Path) -> Path:
     cells = [{"key": r.key, "model": r.model, "weights_sha256": r.weights_sha256, "defense": r.defense, "mode": r.mode,
               "attacks": list(r.attacks), "norm": r.norm, "eps": r.eps, "n": r.n, "clean_acc": r.clean_acc,
               "robust_acc": r.robust_acc, "combined_from": list(r.combined_from),
-              "checks_failed": [v.name for v in r.failed_checks]} for r in store.results()]
+              "checks_failed": [v.name for v in r.failed_checks], "verified": r.verified,
+              "escalated_from": r.escalated_from or None,
+              "escalation": [s["step"] for s in r.escalation if not s.get("skipped")]} for r in store.results()]
     manifest = {"written": now(), "store": os.path.relpath(store.path, out), **commit(), "versions": versions(), "machine": machine(),
                 "models": [{k: m[k] for k in ("name", "weights_sha256", "source")} | {"arch": m["identity"]["arch"],
                                                                                     "arch_sha256": m["identity"]["arch_sha256"]}

@@ -8,6 +8,10 @@ it (``cell.CellConfig``); a row whose config does not hash to its key, whose num
 with its bits, or whose record names another key is refused with :class:`StoreIntegrityError`
 (a corrupt or foreign store), never served. Writing checks the same before anything is stored.
 
+An escalated cell (``engine.escalation_config``: the cell it escalates, the failed checks, the
+ladder and its settings) is a row like any other; its record holds the ladder it climbed and the
+checks run again after it, and the verdicts that triggered it are those of the cell it escalates.
+
 Beside the cells: ``checks`` holds gradient-masking verdicts under their own key (the check
 settings and the cells they read, ``cell.checks_config``); ``models`` the card of every model
 evaluated into the store, keyed by (weights sha256, name), which is where reports read cards and
@@ -335,6 +339,9 @@ def _checked(key: str, config_text: str, row_text: str, bits: bytes) -> EvalResu
     if config.get("kind") == "worst_case":
         if sorted(result.combined_from) != config["combined_from"]:
             raise refuse("is a worst case over other cells than its config names")
+    elif config.get("kind") == "escalated":
+        if result.escalated_from != config["cell"]:
+            raise refuse("is the escalation of another cell than its config names")
     else:
         for name in ("n", "eps", "seed", "norm", "dataset", "data_sha256"):
             want = config.get(name)

@@ -143,6 +143,19 @@ def _one(ctx: "_Context", key: str, schema: int, config_text: str, row_text: str
         top5 = np.logical_and.reduce([p.robust_top5_mask for p in parts])  # type: ignore[union-attr]
         fresh = dataclasses.replace(stored, robust=robust, robust_top5_mask=top5, robust_acc=float(robust.mean()))
         return _compare(stored, fresh, "worst case", base, "recombined from its stored cells")
+    if config.get("kind") == "escalated":
+        try:
+            fresh = _reescalate(ctx, config, provenance)
+        except _Unavailable as exc:
+            return Outcome(kind="escalated cell", recomputed=None, status=UNAVAILABLE, note=str(exc), **base)
+        outcome = _compare(stored, fresh, "escalated cell", base, "")
+        diffs = [f"{a.name}: {a.passed} stored, {b.passed} now" for a, b in zip(stored.rechecks, fresh.rechecks, strict=False)
+                 if (a.name, a.passed) != (b.name, b.passed)]
+        if diffs or len(stored.rechecks) != len(fresh.rechecks):
+            outcome = dataclasses.replace(outcome, status=MISMATCH, note="; ".join(
+                [outcome.note] * bool(outcome.note) + diffs + [f"checks after escalation: {len(stored.rechecks)} stored, "
+                                                               f"{len(fresh.rechecks)} now"] * (len(stored.rechecks) != len(fresh.rechecks))))
+        return outcome
     try:
         cell = CellConfig.from_dict(config)
         fresh, now = _rerun(ctx, cell, provenance)
@@ -269,6 +282,35 @@ def _rerun(ctx: _Context, cell: CellConfig, provenance: dict[str, Any]) -> tuple
               calibration=calibration)
     now = cell_configs(lm, split, attacks, [cell.eps], **kw)[0]  # type: ignore[arg-type]
     return evaluate(lm, split, attacks, [cell.eps], checks=None, **kw)[0], now  # type: ignore[arg-type]
+
+
+def _reescalate(ctx: _Context, config: dict[str, Any], provenance: dict[str, Any]) -> EvalResult:
+    """An escalated cell: the cell it escalated, from the store, climbed again from its config."""
+    from .checks import CheckConfig
+    from .engine import escalate
+    from .escalation import EscalationConfig
+
+    raw = ctx.store.get(config["cell"])
+    if raw is None:
+        raise _Unavailable("the cell it escalates is not in the store")
+    # The model, data and defenses: the raw cell's own config, or that of a cell it combines.
+    keys = [config["cell"], *raw.combined_from]
+    cell_config = next((c for k in keys if (c := ctx.store.config(k)) and c.get("kind") not in ("worst_case", "escalated")), None)
+    if cell_config is None:
+        raise _Unavailable("no cell config names the model and data it escalates")
+    cell = CellConfig.from_dict(cell_config)
+    lm = ctx.model(cell.model.name, cell.model.weights_sha256, cell.model.arch, cell.dataset, provenance.get("model_source"))
+    split = ctx.split(cell.dataset, cell.split)
+    if len(split) < cell.n or split.first(cell.n).sha256() != cell.data_sha256:
+        raise _Unavailable(f"the first {cell.n} points of {cell.dataset}/{cell.split} here are not the ones the cell used")
+    settings = dict(config["settings"])
+    used = tuple(dict.fromkeys(a["surrogate"] for st in config["steps"] if st["step"] == "transfer" for a in st["attacks"]))
+    settings["surrogates"] = tuple(settings["surrogates"]) if settings.get("surrogates") is not None else used
+    calibration = ctx.split(cell.dataset, cell.calibration["split"]) if cell.calibration else None
+    return escalate(raw, lm, split, defense=_methods(cell.defenses, DEFENSES, "defense"),
+                    mode=cell.mode if cell.defenses else "adaptive", eot=cell.eot, votes=cell.votes,
+                    batch_size=cell.batch_size or provenance.get("batch_size") or 500, checks=CheckConfig(**config["checks"]),
+                    config=EscalationConfig(**settings), calibration=calibration)
 
 
 def _rerun_legacy(ctx: _Context, config: dict[str, Any], provenance: dict[str, Any]) -> EvalResult:

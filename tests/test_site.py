@@ -41,7 +41,8 @@ def published(trained, fmnist_test, tmp_path_factory):
     cfg = CheckConfig(n=30, steps=10, queries=200)
     evaluate(trained, fmnist_test, ["fgsm", "pgd:steps=10"], [0.05, 0.1], n=100, store=store, checks=cfg)
     masked = LoadedModel("smallcnn-rounded", _Rounded(trained.model), "fmnist", "0" * 64)
-    evaluate(masked, fmnist_test, ["pgd:steps=10"], [0.1], n=100, store=store, checks=cfg)
+    # Not escalated, so its checks still fail: shown, flagged, never ranked (tests/test_escalation.py escalates).
+    evaluate(masked, fmnist_test, ["pgd:steps=10"], [0.1], n=100, store=store, checks=cfg, escalate=None)
     for mode in ("adaptive", "oblivious"):
         evaluate(trained, fmnist_test, ["pgd:steps=10"], [0.1], n=100, store=store, defense=["jpeg"], mode=mode, checks=None)
     written = site.write_site(store, out / "public")
@@ -54,9 +55,10 @@ def test_site_has_a_ranked_index_and_a_page_per_model(published):
     index = (out / "index.html").read_text()
     assert index.startswith("<!doctype html>") and "http://" not in index and "https://" not in index  # self-contained
     assert {p.name for p in (out / "models").glob("*.html")} == {"smallcnn-fmnist-standard.html", "smallcnn-rounded.html"}
-    # The masked model's row is flagged automatically.
+    # The masked model's row is flagged automatically, and has no rank.
     row = re.search(r'<tr class="flagged[^"]*">(?:(?!</tr>).)*smallcnn-rounded(?:(?!</tr>).)*</tr>', index, re.S)
-    assert row and "potentially unreliable" in row.group(0) and "gradients" in row.group(0)
+    assert row and "unverified, not ranked" in row.group(0) and "gradients" in row.group(0)
+    assert "unranked" in row.group(0).split(">")[0] and "<td data-sort=\"9999\">–</td>" in row.group(0)
     page = (out / "models" / "smallcnn-fmnist-standard.html").read_text()
     assert "jpeg:quality=75" in page and "rbl eval --model smallcnn-fmnist-standard" in page and "95% CI" in page
     for img in re.findall(r'<img src="([^"]+)"', index):
@@ -88,8 +90,8 @@ def test_latex_and_robustbench_round_trip(published, tmp_path, capsys):
     info = json.loads(entries[0].read_text())
     assert set(info) == set(site.ROBUSTBENCH_KEYS)
     assert float(info["clean_acc"]) > float(info["autoattack_acc"])
-    flagged = [json.loads(p.read_text()) for p in entries if "rounded" in p.name]
-    assert flagged and flagged[0]["unreliable"] is True
+    # An unverified row is not ranked, so it is no RobustBench entry.
+    assert not [p for p in entries if "rounded" in p.name] and info["unreliable"] is False
     with Store(tmp_path / "other.sqlite") as other:
         site.import_robustbench(other, entries[0])
         assert [m["name"] for _, m, _ in other.artifacts("robustbench_entry")] == [info["name"]]

@@ -7,6 +7,7 @@ PGD, noise and Square, so a verdict does not depend on which attacks the user li
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -16,8 +17,9 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
-from ..attack import eval_mode, without_early_stop
+from ..attack import eval_mode, input_grad, without_early_stop
 from ..threat import Threat
 
 
@@ -99,6 +101,13 @@ class Probe:
     bpda: bool = False
     rejects: bool = False
     accuracies: dict[float, float] = field(default_factory=dict)
+    # The classifier alone and the defense steps whose own autograd the attack follows: what the
+    # dynamic-forward check looks inside. None: the surface is the classifier.
+    classifier: nn.Module | None = None
+    followed: tuple[tuple[str, Callable[[torch.Tensor], torch.Tensor]], ...] = ()
+    # After escalation: per point of the probe, robust under the escalated evaluation at a threat.
+    # Every comparison is then made against it and the check's own attack together.
+    reference: Callable[[Threat], torch.Tensor] | None = None
 
     @functools.cached_property
     def outputs(self) -> torch.Tensor:
@@ -133,9 +142,18 @@ class Probe:
         a = without_early_stop(a) if self.declared_stochastic else a  # as the engine does
         return self.robust(a(model or self.surface, self.x, self.y, threat or self.threat, generator=self.generator), threat)
 
+    def strongest(self, threat: Threat | None = None, steps: int | None = None) -> torch.Tensor:
+        """Robust under the reference PGD (and, after escalation, under the escalated evaluation)."""
+        bits = self.attack(f"pgd:steps={steps or self.config.steps}", threat)
+        return bits & self.reference(threat or self.threat) if self.reference is not None else bits
+
     @functools.cached_property
     def pgd(self) -> torch.Tensor:
-        return self.attack(f"pgd:steps={self.config.steps}")
+        return self.strongest()
+
+    @property
+    def reference_name(self) -> str:
+        return f"PGD-{self.config.steps}" + (" and the escalated evaluation" if self.reference is not None else "")
 
     def rate(self, mask: torch.Tensor) -> float:
         return float(mask.sum()) / len(mask)
@@ -149,7 +167,7 @@ def _beaten(name: str, probe: Probe, other: torch.Tensor, what: str, threshold: 
     # Points that ``other`` breaks while white-box PGD leaves them standing.
     value = probe.rate(probe.pgd & ~other)
     return Verdict(name, value <= threshold, value, threshold,
-                   f"{what} fooled {value:.1%} of the points that PGD-{probe.config.steps} could not"
+                   f"{what} fooled {value:.1%} of the points that {probe.reference_name} could not"
                    + ("; the white-box gradient is not doing its job (gradient masking)" if value > threshold else ""))
 
 
@@ -159,10 +177,10 @@ def monotone_in_eps(probe: Probe) -> Verdict:
         accs, source = dict(probe.accuracies), "the evaluation's own cells"
     else:
         # One eps evaluated: sweep the reference PGD around it on the probe's subset.
-        accs, source = {0.0: probe.rate(probe.correct), probe.threat.eps: probe.rate(probe.pgd)}, f"PGD-{probe.config.steps}"
+        accs, source = {0.0: probe.rate(probe.correct), probe.threat.eps: probe.rate(probe.pgd)}, probe.reference_name
         for f in (0.5, 2.0):
             e = probe.threat.eps * f if probe.threat.norm == "l2" else min(probe.threat.eps * f, 1.0)
-            accs[e] = probe.rate(probe.attack(f"pgd:steps={probe.config.steps}", Threat(probe.threat.norm, e)))
+            accs[e] = probe.rate(probe.strongest(Threat(probe.threat.norm, e)))
     grid = sorted(accs)
     rise = round(max([accs[b] - accs[a] for a, b in zip(grid, grid[1:])], default=0.0), 9)
     shown = ", ".join(f"{e:g}: {accs[e]:.3f}" for e in grid)
@@ -174,9 +192,10 @@ def unbounded_eps(probe: Probe) -> Verdict:
     threshold = 0.03
     d = probe.x[0].numel()
     threat = Threat("linf", 1.0) if probe.threat.norm == "linf" else Threat("l2", math.sqrt(d))
-    value = probe.rate(probe.attack(f"pgd:steps={max(probe.config.steps, 50)}", threat))
+    value = probe.rate(probe.strongest(threat, max(probe.config.steps, 50)))
     return Verdict("unbounded_eps", value <= threshold, value, threshold,
-                   f"PGD with the whole input box as budget left {value:.1%} accuracy"
+                   f"PGD{' and the escalated evaluation' if probe.reference is not None else ''} with the whole input box "
+                   f"as budget left {value:.1%} accuracy"
                    + ("; it should reach about 0, so the attack is not finding what exists" if value > threshold else ""))
 
 
@@ -213,7 +232,7 @@ def noise_vs_pgd(probe: Probe) -> Verdict:
     pgd_drop = probe.rate(probe.correct & ~probe.pgd)
     if pgd_drop == 0:
         return Verdict("noise_vs_pgd", False, None, threshold,
-                       f"PGD-{probe.config.steps} changed no prediction (noise changed {noise_drop:.1%}): "
+                       f"{probe.reference_name} changed no prediction (noise changed {noise_drop:.1%}): "
                        "either every point is robust at this eps or the gradient is masked")
     value = noise_drop / pgd_drop
     return Verdict("noise_vs_pgd", value <= threshold, value, threshold,
@@ -225,7 +244,7 @@ def _loss_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torc
     x = x.detach().requires_grad_(True)
     with eval_mode(model):
         loss = F.cross_entropy(model(x), y, reduction="none")
-        (g,) = torch.autograd.grad(loss.sum(), x)
+        g = input_grad(loss.sum(), x)
     return loss.detach(), g
 
 
@@ -296,15 +315,73 @@ def more_steps(probe: Probe) -> Verdict:
     threshold = 0.03
     k = probe.config.steps
     longer = probe.attack(f"pgd:steps={2 * k},restarts=2")
-    value = probe.gap(probe.pgd, longer)
+    value = probe.gap(probe.pgd, probe.pgd & longer)
     return Verdict("more_steps", value <= threshold, value, threshold,
-                   f"PGD-{2 * k} with 2 restarts took accuracy {value:.1%} below PGD-{k}"
+                   f"PGD-{2 * k} with 2 restarts took accuracy {value:.1%} below {probe.reference_name}"
                    + ("; the attack has not converged, so more effort is needed before trusting a number"
                       if value > threshold else ""))
 
 
+class _GradWatch(TorchFunctionMode):
+    """Counts the torch operations that run with autograd on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if torch.is_grad_enabled():
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def dynamic(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> str | None:
+    """Why ``fn``'s forward pass is dynamic, or None: it turns autograd on (or steps an optimiser)
+    when called with autograd off, or its output changes when gradients are being taken. Per call,
+    never a counter kept across calls."""
+    watch, stepped = _GradWatch(), []
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    handle = register_optimizer_step_pre_hook(lambda *a: stepped.append(1))
+    try:
+        with torch.no_grad(), watch:
+            a = fn(x)
+    finally:
+        handle.remove()
+    if watch.count or stepped:
+        return (f"turned autograd on for {watch.count} operations" + (f" and stepped an optimiser {len(stepped)} times"
+                                                                     if stepped else "") + " inside one forward pass")
+    with torch.no_grad():
+        b = fn(x)
+    if not torch.allclose(a, b, rtol=1e-4, atol=1e-5):
+        return None  # random: the stochastic check's business
+    with torch.enable_grad():
+        c = fn(x.clone().requires_grad_(True)).detach()
+    if not torch.allclose(a, c, rtol=1e-4, atol=1e-5 * (1 + float(a.abs().max()))):
+        return "gives other outputs when gradients are being taken than when they are not"
+    return None
+
+
+def dynamic_forward(probe: Probe) -> Verdict:
+    name = "dynamic_forward"
+    parts: list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = [("the classifier", probe.classifier or probe.surface)]
+    parts += [(f"the defense step {label}", fn) for label, fn in probe.followed]
+    x = probe.x[:16]
+    found = []
+    for what, fn in parts:
+        with eval_mode(fn) if isinstance(fn, nn.Module) else contextlib.nullcontext():
+            why = dynamic(fn, x)
+        if why:
+            found.append(f"{what} {why}")
+    if found:
+        return Verdict(name, False, float(len(found)), 0.0,
+                       "; ".join(found) + ": a test-time optimisation or a forward pass that depends on autograd; "
+                       "its gradient is not the attack's to follow (BPDA or black-box attacks answer it)")
+    return Verdict(name, True, 0.0, 0.0, "no forward pass turns autograd on or depends on it")
+
+
 CHECKS: tuple[Callable[[Probe], Verdict], ...] = (
-    logits_not_probabilities, stochastic_outputs, gradients, finite_differences, monotone_in_eps,
+    logits_not_probabilities, stochastic_outputs, gradients, finite_differences, dynamic_forward, monotone_in_eps,
     unbounded_eps, iterative_vs_single_step, more_steps, noise_vs_pgd, black_box_vs_white_box,
     adaptive_vs_oblivious,
 )
