@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustbench_lite.attack import Attack, _direction, check_int, check_interval, input_grad, scores
+from robustbench_lite.attack import Attack, _direction, check_int, check_interval, input_grad, ranked_target, scores
 from robustbench_lite.registry import ATTACKS
 from robustbench_lite.rng import PointStreams
 from robustbench_lite.threat import Threat
@@ -79,11 +79,7 @@ class _APGD(Attack):
                 idx = robust.nonzero().squeeze(1)
                 if idx.numel() == 0:
                     return out
-                t = None
-                if rank is not None:
-                    # The rank-th most likely class that is not the label.
-                    order = ranked[idx]
-                    t = order[order != y[idx, None]].view(len(idx), -1)[:, rank - 1]
+                t = ranked_target(ranked[idx], y[idx], rank)
                 x_adv, fooled = self._run_once(model, x[idx], y[idx], t, threat, generator.child(rank or 0, restart)[idx])
                 out[idx] = x_adv
                 robust[idx[fooled]] = False

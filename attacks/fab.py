@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from robustbench_lite.attack import Attack, check_int, check_interval, input_grad, scores
+from robustbench_lite.attack import Attack, check_int, check_interval, input_grad, ranked_target, scores
 from robustbench_lite.registry import ATTACKS
 from robustbench_lite.rng import PointStreams
 from robustbench_lite.threat import Threat
@@ -102,10 +102,7 @@ class FAB(Attack):
                 idx = (correct & (best > threat.eps)).nonzero().squeeze(1)
                 if idx.numel() == 0:
                     return out
-                t = None
-                if rank is not None:
-                    order = ranked[idx]
-                    t = order[order != y[idx, None]].view(len(idx), -1)[:, rank - 1]
+                t = ranked_target(ranked[idx], y[idx], rank)
                 x_adv, dist = self._run_once(model, x[idx], y[idx], t, threat, generator.child(rank or 0, restart)[idx],
                                              restart, best[idx])
                 better = dist < best[idx]

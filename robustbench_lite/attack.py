@@ -51,6 +51,14 @@ def input_grad(loss: torch.Tensor, x: torch.Tensor, retain_graph: bool = False) 
     return torch.zeros_like(x) if g is None else g
 
 
+def ranked_target(ranked: torch.Tensor, y: torch.Tensor, rank: int | None) -> torch.Tensor | None:
+    """Per point, the ``rank``-th most likely class that is not the label (``ranked``: classes by
+    decreasing clean score), the targets of APGD-T and FAB-T; None for an untargeted run."""
+    if rank is None:
+        return None
+    return ranked[ranked != y[:, None]].view(len(y), -1)[:, rank - 1]
+
+
 def check_batch(x: torch.Tensor, y: torch.Tensor, bounds: tuple[float, float] = (0.0, 1.0)) -> None:
     """Raise on inputs that no attack or model can meaningfully process."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
