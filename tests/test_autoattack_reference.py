@@ -23,8 +23,12 @@ CASES = cases(EPS)
 
 @pytest.fixture(scope="module")
 def points(trained, fmnist_test):
+    """A copy of the fixture for the reference, whose attacks call backward() on the model and leave
+    .grad on its parameters (the session's fixture must stay as every other test finds it)."""
+    import copy
+
     sub = fmnist_test.first(N)
-    return trained.model.eval(), sub.floats(), sub.labels.clone()
+    return copy.deepcopy(trained.model).eval(), sub.floats(), sub.labels.clone()
 
 
 @pytest.mark.slow
