@@ -79,7 +79,7 @@ def _reference(lm: zoo.LoadedModel, test: data.Split) -> tuple[torch.Tensor, Cou
     aa = pyautoattack.AutoAttack(counted, norm="Linf", eps=EPS, version="standard", seed=0, device="cpu")
     aa.verbose = False
     start = time.perf_counter()
-    adv = aa.run_standard_evaluation(x, y, batch_size=N)
+    adv, _ = aa.run_standard_evaluation(x, y, batch_size=N)  # (x_adv, y_adv) in pyautoattack 0.2
     seconds = time.perf_counter() - start
     with torch.no_grad():
         robust = (lm.model(x).argmax(1) == y) & (lm.model(adv).argmax(1) == y)
