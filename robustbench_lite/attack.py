@@ -51,6 +51,15 @@ def input_grad(loss: torch.Tensor, x: torch.Tensor, retain_graph: bool = False) 
     return torch.zeros_like(x) if g is None else g
 
 
+def live(g: torch.Tensor | None, n: int | None = None) -> torch.Tensor:
+    """Per row of a gradient, whether an attack can follow it: finite and not zero (the gradients
+    check's rule). None (the output does not depend on that tensor) is dead on all ``n`` rows."""
+    if g is None:
+        return torch.zeros(n or 0, dtype=torch.bool)
+    norms = g.flatten(1).norm(dim=1)
+    return torch.isfinite(norms) & (norms > 0)
+
+
 def ranked_target(ranked: torch.Tensor, y: torch.Tensor, rank: int | None) -> torch.Tensor | None:
     """Per point, the ``rank``-th most likely class that is not the label (``ranked``: classes by
     decreasing clean score), the targets of APGD-T and FAB-T; None for an untargeted run."""

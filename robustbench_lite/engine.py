@@ -23,9 +23,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import fingerprint, specs
-from .attack import Attack, check_int, eval_mode, input_grad, without_early_stop
+from .attack import Attack, check_int, eval_mode, live, without_early_stop
 from .cell import CellConfig, ModelId, checks_config, checks_random_key, digest, model_id, worst_case_config
 from .checks import CheckConfig, Probe, Verdict
+from .checks.suite import loss_grad
 from .checks import run as run_checks
 from .data import Split
 from . import data as data_mod
@@ -901,10 +902,7 @@ class _Ladder:
         x, y = self.x[left], self.y[left]
         best, name = -1.0, ""
         for what, view in self.followed.items():
-            xg = x.clone().requires_grad_(True)
-            with torch.enable_grad(), eval_mode(view):
-                g = input_grad(torch.nn.functional.cross_entropy(view(xg).float(), y, reduction="sum"), xg).flatten(1)
-            share = float((torch.isfinite(g).all(1) & (g.abs().sum(1) > 0)).float().mean())
+            share = float(live(loss_grad(view, x, y)[1]).float().mean())
             if share > best:
                 best, name = share, what
         return best >= 1 - threshold, (f"on the {len(left)} points still robust the gradient of {name} is alive on "

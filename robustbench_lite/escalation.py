@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attack import eval_mode
+from .attack import eval_mode, live
 
 _log = logging.getLogger(__name__)
 
@@ -277,10 +277,7 @@ def _measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.
             h.remove()
 
     def alive(g: torch.Tensor | None) -> torch.Tensor:
-        if g is None:
-            return torch.zeros(len(x), dtype=torch.bool)
-        g = g.flatten(1)
-        return (torch.isfinite(g).all(1) & (g.abs().sum(1) > 0)).cpu()
+        return live(g, len(x)).cpu()
 
     shapes = {k: leaves[k].shape for k in keys}
     return alive(grads[0]), {k: alive(g) for k, g in zip(keys, grads[1:], strict=True) if k[2] == "output"

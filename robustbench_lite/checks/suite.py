@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..attack import eval_mode, input_grad, without_early_stop
+from ..attack import eval_mode, input_grad, live, without_early_stop
 from ..threat import Threat
 
 
@@ -240,9 +240,10 @@ def noise_vs_pgd(probe: Probe) -> Verdict:
                    + ("; noise should be far weaker than a working attack" if value > threshold else ""))
 
 
-def _loss_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def loss_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per point, the cross-entropy at x and its input gradient (in eval mode, autograd on)."""
     x = x.detach().requires_grad_(True)
-    with eval_mode(model):
+    with torch.enable_grad(), eval_mode(model):
         loss = F.cross_entropy(model(x), y, reduction="none")
         g = input_grad(loss.sum(), x)
     return loss.detach(), g
@@ -250,10 +251,8 @@ def _loss_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torc
 
 def gradients(probe: Probe) -> Verdict:
     threshold = 0.1
-    _, g = _loss_grad(probe.surface, probe.x, probe.y)
-    norms = g.flatten(1).norm(dim=1)
-    bad = ~torch.isfinite(norms) | (norms == 0)
-    value = probe.rate(bad)
+    _, g = loss_grad(probe.surface, probe.x, probe.y)
+    value = probe.rate(~live(g))
     return Verdict("gradients", value <= threshold, value, threshold,
                    f"{value:.1%} of the points have a zero or non-finite input gradient"
                    + ("; an attack following it cannot move (shattered or vanishing gradients)" if value > threshold else ""))
@@ -267,9 +266,9 @@ def finite_differences(probe: Probe) -> Verdict:
     # tied values has no derivative there (a true kink, but one no attack step lands on).
     x = probe.x[:16] + 1e-3 * (2 * torch.rand(probe.x[:16].shape, generator=probe.generator).to(probe.x) - 1)
     y = probe.y[:16]
-    _, g = _loss_grad(probe.surface, x, y)
+    _, g = loss_grad(probe.surface, x, y)
     norms = g.flatten(1).norm(dim=1)
-    ok = torch.isfinite(norms) & (norms > 0)
+    ok = live(g)
     if not bool(ok.any()):
         return Verdict(name, False, None, threshold, "no point has a usable gradient to compare")
     x, y, g, norms = x[ok], y[ok], g[ok], norms[ok]
