@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustbench_lite.attack import Attack, _direction, check_int, check_interval, input_grad, ranked_target, scores
+from robustbench_lite.attack import Attack, _direction, check_int, check_interval, input_grad, ranked_target, scores, target_ranks
 from robustbench_lite.registry import ATTACKS
 from robustbench_lite.rng import PointStreams
 from robustbench_lite.threat import Threat
@@ -17,14 +17,16 @@ from robustbench_lite.threat import Threat
 
 def _dlr(logits: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor:
     """Difference of logits ratio, per sample: shift- and scale-invariant, so saturated or
-    rescaled logits do not flatten it the way they flatten cross-entropy."""
+    rescaled logits do not flatten it the way they flatten cross-entropy. With too few classes for
+    its denominator (3 untargeted, 4 targeted: a binary head has 2), the plain margin."""
     z, _ = logits.sort(dim=1, descending=True)
+    k = logits.shape[1]
     zy = logits.gather(1, y[:, None]).squeeze(1)
     if t is None:
         other = logits.scatter(1, y[:, None], float("-inf")).amax(1)
-        return -(zy - other) / (z[:, 0] - z[:, 2] + 1e-12)
+        return -(zy - other) / ((z[:, 0] - z[:, 2] + 1e-12) if k >= 3 else 1.0)
     zt = logits.gather(1, t[:, None]).squeeze(1)
-    return -(zy - zt) / (z[:, 0] - 0.5 * (z[:, 2] + z[:, 3]) + 1e-12)
+    return -(zy - zt) / ((z[:, 0] - 0.5 * (z[:, 2] + z[:, 3]) + 1e-12) if k >= 4 else 1.0)
 
 
 def _ce(logits: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor:
@@ -74,7 +76,7 @@ class _APGD(Attack):
         with torch.no_grad():
             ranked = scores(model, x, y).argsort(dim=1, descending=True)
         robust = torch.ones(len(x), dtype=torch.bool, device=x.device)
-        for rank in range(1, self.targets + 1) if self.targets else [None]:
+        for rank in target_ranks(self.targets, ranked.shape[1]):
             for restart in range(self.restarts):
                 idx = robust.nonzero().squeeze(1)
                 if idx.numel() == 0:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from robustbench_lite.attack import Attack, check_int, check_interval, input_grad, ranked_target, scores
+from robustbench_lite.attack import Attack, check_int, check_interval, input_grad, ranked_target, scores, target_ranks
 from robustbench_lite.registry import ATTACKS
 from robustbench_lite.rng import PointStreams
 from robustbench_lite.threat import Threat
@@ -97,7 +97,7 @@ class FAB(Attack):
         ranked = logits.argsort(dim=1, descending=True)
         correct = logits.argmax(1) == y
         best = torch.full((len(x),), float("inf"), device=x.device)
-        for rank in range(1, self.targets + 1) if self.targets else [None]:
+        for rank in target_ranks(self.targets, ranked.shape[1]):
             for restart in range(self.restarts):
                 idx = (correct & (best > threat.eps)).nonzero().squeeze(1)
                 if idx.numel() == 0:

@@ -60,6 +60,12 @@ def live(g: torch.Tensor | None, n: int | None = None) -> torch.Tensor:
     return torch.isfinite(norms) & (norms > 0)
 
 
+def target_ranks(targets: int, n_classes: int) -> list[int | None]:
+    """The target ranks a targeted attack runs (APGD-T, FAB-T): 1 to ``targets``, no more than there
+    are other classes; [None] for an untargeted run (``targets`` 0)."""
+    return list(range(1, min(targets, n_classes - 1) + 1)) if targets else [None]
+
+
 def ranked_target(ranked: torch.Tensor, y: torch.Tensor, rank: int | None) -> torch.Tensor | None:
     """Per point, the ``rank``-th most likely class that is not the label (``ranked``: classes by
     decreasing clean score), the targets of APGD-T and FAB-T; None for an untargeted run."""

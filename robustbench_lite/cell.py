@@ -175,11 +175,11 @@ def checks_random_key(config: dict[str, Any]) -> str:
 
 
 def checks_config(cell: CellConfig, check_eps: float, settings: dict[str, Any], cells: list[str],
-                  checks_sha256: str) -> dict[str, Any]:
+                  checks_sha256: str, attacks: list[dict[str, Any]] = ()) -> dict[str, Any]:  # type: ignore[assignment]
     """The config of one set of gradient-masking verdicts: the model, defense and data of the
     cells (their attacks and eps left out: the checks run their own attacks at ``check_eps``), the
-    check settings, the keys of the cells whose accuracies the monotonicity check reads, and the
-    checks' code."""
+    check settings, the keys of the cells whose accuracies the monotonicity check reads, the
+    checks' code, and the attacks the binarization test runs (their configs and code)."""
     base = cell.to_dict() | {"attacks": [], "eps": check_eps}
     return {"schema": SCHEMA, "kind": "checks", "cell": base, "settings": settings, "cells": sorted(cells),
-            "checks_sha256": checks_sha256}
+            "checks_sha256": checks_sha256, "attacks": list(attacks)}

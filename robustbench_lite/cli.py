@@ -9,7 +9,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
     from .engine import EvalResult
@@ -36,14 +36,20 @@ def _eps(text: str) -> float:
     return v
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
+def _int_at_least(lo: int, what: str) -> Any:
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            v = lo - 1
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return v
+    return parse
+
+
+_count = _int_at_least(0, "an integer >= 0")
+_positive_int = _int_at_least(1, "a positive integer")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "escalation ladder")
     e.add_argument("--no-checks", action="store_true", help="skip the gradient-masking checks (and escalation)")
     e.add_argument("--checks-n", type=_positive_int, default=100, help="points the checks look at (default 100, >= 10)")
+    e.add_argument("--binarization", type=_count, default=20,
+                   help="points of the binarization test of your attacks (default 20; 0 skips it)")
     e.add_argument("--json", action="store_true", help="one JSON object per eps")
     e.add_argument("--no-store", action="store_true", help="do not read or write the results store")
     common(e)
@@ -281,7 +289,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .detector import Detector
     from .escalation import EscalationConfig
 
-    checks = None if args.no_checks else CheckConfig(n=args.checks_n)
+    checks = None if args.no_checks else CheckConfig(n=args.checks_n, binarization=args.binarization)
     attacks = [specs.attack(a) for a in specs.expand(args.attack)]  # bad specs fail before any loading
     defenses = chain(args.defense)
     modes = {"both": ["adaptive", "oblivious"], "all": ["adaptive", "bpda", "oblivious"]}.get(args.mode, [args.mode])

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import hashlib
 import logging
+import math
 import platform
 import time
 from dataclasses import dataclass, field
@@ -26,7 +27,8 @@ from . import fingerprint, specs
 from .attack import Attack, check_int, eval_mode, live, without_early_stop
 from .cell import CellConfig, ModelId, checks_config, checks_random_key, digest, model_id, worst_case_config
 from .checks import CheckConfig, Probe, Verdict
-from .checks.suite import loss_grad
+from .checks import binarization as binarize_mod
+from .checks.suite import Binarized, loss_grad
 from .checks import run as run_checks
 from .data import Split
 from . import data as data_mod
@@ -356,7 +358,8 @@ def evaluate(
         verdicts = _checked(plan, setup, guard, x, y, results, checks, store)
         results = [dataclasses.replace(r, checks=verdicts) for r in results]
         if escalate is not None and plan.configs[0].mode != "oblivious" and any(v.passed is False for v in verdicts):
-            ladder = _Ladder(plan, setup, guard, x, y, checks, escalate, batch_size, tolerance, store, progress)
+            ladder = _Ladder(plan, setup, guard, x, y, checks, escalate, batch_size, tolerance, store, progress,
+                             attacks=plan.attack_objs)
             results = [ladder.climb(r) if r.eps > 0 else r for r in results]
     return results
 
@@ -712,18 +715,29 @@ def _checked(plan: _Plan, setup: _Setup, guard: _Guard, x: torch.Tensor, y: torc
     if not nonzero:
         return ()
     eps = nonzero[len(nonzero) // 2]
-    config = checks_config(plan.configs[0], eps, dataclasses.asdict(cfg), [r.key for r in results],
-                           fingerprint.module_code("robustbench_lite.checks.suite").sha256)
+    tested = _tested(cfg, plan.attack_objs)
+    config = checks_config(plan.configs[0], eps, dataclasses.asdict(cfg), [r.key for r in results], _checks_code(),
+                           [method_identity(a)[0] for a in tested] if cfg.binarization else [])
     key = digest(config)
     stored = store.get_checks(key) if store is not None else None
     if stored is not None:
         return stored
     verdicts = _check(setup, x, y, Threat(plan.threats[0].norm, eps), {r.eps: r.robust_acc for r in results}, cfg,
-                      _seed(checks_random_key(config), "checks"))
+                      _seed(checks_random_key(config), "checks"), sources=_user_source(tested))
     guard.check("the gradient-masking checks")
     if store is not None:
         store.put_checks(key, config, verdicts)
     return verdicts
+
+
+def _checks_code() -> str:
+    """The checks' code: the suite and the binarization test."""
+    return digest([fingerprint.module_code("robustbench_lite.checks.suite").sha256,
+                   fingerprint.module_code("robustbench_lite.checks.binarization").sha256])
+
+
+def _user_source(attacks: Sequence[Attack]) -> list[_Source]:
+    return [("the evaluation's attacks", _on_surface, attacks)] if attacks else []
 
 
 def escalation_config(result: EvalResult, failed: set[str], checks: CheckConfig, config: EscalationConfig,
@@ -743,8 +757,10 @@ class _Ladder:
     """Climbs the escalation ladder for the cells of one evaluation (see escalation.py)."""
 
     def __init__(self, plan: _Plan, setup: _Setup, guard: _Guard, x: torch.Tensor, y: torch.Tensor, checks: CheckConfig,
-                 config: EscalationConfig, batch_size: int, tolerance: float, store: Any | None, progress: bool = False):
+                 config: EscalationConfig, batch_size: int, tolerance: float, store: Any | None, progress: bool = False,
+                 attacks: Sequence[Attack] = ()):
         self.plan, self.setup, self.guard, self.x, self.y = plan, setup, guard, x, y
+        self.attacks = _tested(checks, attacks)  # what the binarization test runs besides the steps
         self.checks, self.config, self.batch_size, self.tolerance, self.store = checks, config, batch_size, tolerance, store
         self.progress = progress
         # Seeded from the cell's inputs without its attacks or any code fingerprint, so a re-run
@@ -785,7 +801,7 @@ class _Ladder:
                 if self.setup.defended else None)
         bare = self.setup.attack_model if self.setup.defended else None
         record: list[dict[str, Any]] = []
-        self.used: list[tuple[nn.Module, list[Attack]]] = []
+        self.used: list[tuple[ladder_mod.Step, nn.Module, list[Attack]]] = []
         self.followed: dict[str, nn.Module] = {"the attack surface": surface}  # views whose gradients an attack followed
         names = list(result.attacks)
         for st, attacks in steps:
@@ -814,7 +830,7 @@ class _Ladder:
                                                       self.batch_size, (self.draws, "escalation", st.name, round_, i),
                                                       self.guard, self.tolerance):
                         robust[chunk] &= _held(logits, self.y[chunk], rejects)
-                self.used.append((view, round_attacks))
+                self.used.append((st, view, round_attacks))
                 if st.view != "transfer" and not any(a.config()["attack"] == "square" for a in round_attacks):
                     self.followed[what] = view
                 if st.rounds > 1 and at_start - int(robust.sum()) <= self.config.agree * n:
@@ -855,7 +871,7 @@ class _Ladder:
                 return torch.ones(n, dtype=torch.bool, device=robust.device)
             x, y = self.x[:n], self.y[:n]
             bits = _held(judge(x.clone()), y, rejects)
-            for k, (view, attacks) in enumerate(self.used):
+            for k, (_, view, attacks) in enumerate(self.used):
                 for i, attack in enumerate(attacks):
                     todo = bits.nonzero().squeeze(1)
                     for chunk, _, logits in _attacked("escalation", attack, view, judge, x, y, todo, t, self.batch_size,
@@ -867,7 +883,8 @@ class _Ladder:
     def _recheck(self, result: EvalResult, robust: torch.Tensor, threat: Threat, failed: set[str],
                  record: list[dict[str, Any]]) -> tuple[Verdict, ...]:
         after = _check(self.setup, self.x, self.y, threat, {result.eps: int(robust.sum()) / len(robust)}, self.checks,
-                       _seed(self.draws, "recheck", result.eps), reference=self._reference(robust, threat))
+                       _seed(self.draws, "recheck", result.eps), reference=self._reference(robust, threat),
+                       sources=_user_source(self.attacks) + self._sources(), tolerance=self.tolerance)
         comparisons_ok = all(v.passed is not False for v in after if v.name not in ladder_mod.PROPERTIES)
         alive, where = self._survivors_alive(robust)
         out = []
@@ -891,6 +908,22 @@ class _Ladder:
                     v = dataclasses.replace(v, explanation=v.explanation + "; not answered: " + why)
             out.append(v)
         return tuple(out)
+
+    def _sources(self) -> list[_Source]:
+        """The escalation steps that ran, as sources of the binarization test: each step's attacks on
+        its view of the binarized model (transfer does not apply: its surrogates keep their own heads)."""
+        out: list[_Source] = []
+        for st, _, attacks in self.used:
+            def make(bsetup: _Setup, surface: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                     st: ladder_mod.Step = st) -> tuple[nn.Module | None, str]:
+                if st.view == "transfer":
+                    return None, "its surrogates are not binarized"
+                bpda = (dataclasses.replace(bsetup, mode="bpda").views(_seed(self.draws, "binarization", "defense"))[1]
+                        if bsetup.defended else None)
+                return ladder_mod.view(st, surface=surface, bare=bsetup.attack_model if bsetup.defended else None,
+                                       defense_bpda=bpda, x=x, y=y, config=self.config)
+            out.append((st.name, make, attacks))
+        return out
 
     def _survivors_alive(self, robust: torch.Tensor, threshold: float = 0.1) -> tuple[bool, str]:
         """Whether, on (up to the checks' n of) the points still robust, some view whose gradient an
@@ -927,16 +960,21 @@ def escalate(result: EvalResult, model: LoadedModel | nn.Module, data: Split, *,
     fitted = _fit(plan.detector, plan.lm, plan.pre, plan.calibration, result.seed) if plan.detector is not None else None
     guard = _Guard(plan.lm.model, fitted)
     setup = _Setup(plan.lm.model, guard, plan.pre, fitted, mode, eot, votes, batch_size)
+    try:  # the binarization test re-runs the cell's attacks where they are specs (a profile's are)
+        attacks = [specs.attack(a) for a in result.attacks]
+    except (ValueError, TypeError, KeyError):
+        attacks = []
     ladder = _Ladder(plan, setup, guard, plan.subset.floats(), plan.subset.labels.clone(), checks, config, batch_size,
-                     tolerance, store)
+                     tolerance, store, attacks=attacks)
     return ladder.climb(result)
 
 
 def recheck(config: dict[str, Any], model: LoadedModel, data: Split, accuracies: dict[float, float],
-            defenses: Sequence[Defense | Detector], calibration: Split | None = None) -> tuple[Verdict, ...]:
+            defenses: Sequence[Defense | Detector], calibration: Split | None = None,
+            attacks: Sequence[Attack] = ()) -> tuple[Verdict, ...]:
     """Re-run one stored set of gradient-masking verdicts from its config (``rbl verify``):
-    ``accuracies`` are the robust accuracies of the cells it names, ``defenses`` its defenses
-    rebuilt from their stored configs."""
+    ``accuracies`` are the robust accuracies of the cells it names, ``defenses`` and ``attacks``
+    (those the binarization test ran) rebuilt from their stored configs."""
     cell = CellConfig.from_dict(config["cell"])
     plan = _plan(model, data, ["fgsm"], [cell.eps], norm=cell.norm, n=cell.n, seed=cell.seed,
                  batch_size=cell.batch_size or 500, defense=defenses, mode=cell.mode if cell.defenses else "adaptive",
@@ -946,14 +984,25 @@ def recheck(config: dict[str, Any], model: LoadedModel, data: Split, accuracies:
     mode = cell.mode if cell.defenses else "adaptive"
     setup = _Setup(plan.lm.model, guard, plan.pre, fitted, mode, cell.eot, cell.votes, cell.batch_size or 500)
     verdicts = _check(setup, plan.subset.floats(), plan.subset.labels.clone(), Threat(cell.norm, cell.eps), accuracies,
-                      CheckConfig(**config["settings"]), _seed(checks_random_key(config), "checks"))
+                      CheckConfig(**config["settings"]), _seed(checks_random_key(config), "checks"),
+                      sources=_user_source(attacks))
     guard.check("the gradient-masking checks")
     return verdicts
 
 
+def _tested(cfg: CheckConfig, attacks: Sequence[Attack]) -> list[Attack]:
+    """The attacks the binarization test runs: the checks' own list, else the evaluation's."""
+    return [specs.attack(a) for a in cfg.attacks] if cfg.attacks is not None else list(attacks)
+
+
 def _check(setup: _Setup, x: torch.Tensor, y: torch.Tensor, threat: Threat, accuracies: dict[float, float],
-           cfg: CheckConfig, seed: int, reference: Any = None) -> tuple[Verdict, ...]:
+           cfg: CheckConfig, seed: int, reference: Any = None, sources: Sequence[_Source] = (),
+           tolerance: float = 1e-5) -> tuple[Verdict, ...]:
     deployed, surface, judge = setup.views(seed)
+    binarized = None
+    if cfg.binarization:
+        binarized = (functools.partial(_binarization, setup, x, y, threat, cfg, seed, sources, tolerance) if sources
+                     else functools.partial(str, "no attack of the evaluation to test"))
     adaptive = setup.defended and setup.mode in ADAPTIVE_MODES
     # The defense steps whose own autograd the attack follows (adaptive mode, declared differentiable).
     followed = tuple((d.spec(), functools.partial(d.transform, generator=torch.Generator().manual_seed(seed)))
@@ -963,9 +1012,73 @@ def _check(setup: _Setup, x: torch.Tensor, y: torch.Tensor, threat: Threat, accu
                   declared_stochastic=any(d.stochastic for d in setup.pre),
                   bpda=adaptive and (setup.mode == "bpda" or not all(d.differentiable for d in setup.parts)),
                   rejects=setup.detector is not None, accuracies=accuracies, classifier=setup.attack_model,
-                  followed=followed, reference=reference)
+                  followed=followed, reference=reference, binarized=binarized)
     torch.manual_seed(seed)
     return run_checks(probe)
+
+
+#: One source of attacks in the binarization test: its label, the view its attacks run on (from
+#: the binarized setup, its attack surface and the test's points and labels: a module, or None
+#: and why it does not apply), and the attacks.
+_Source = tuple[str, Any, Sequence[Attack]]
+
+
+def _on_surface(setup: "_Setup", surface: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[nn.Module, str]:
+    return surface, "the attack surface"
+
+
+def _binarization(setup: _Setup, x: torch.Tensor, y: torch.Tensor, threat: Threat, cfg: CheckConfig, seed: int,
+                  sources: Sequence[_Source], tolerance: float = 1e-5) -> Binarized | str:
+    """The binarization test (checks/binarization.py) on the first ``cfg.binarization`` clean-correct
+    points of the checks' subset: the head of a copy of the model binarized per point, deployed and
+    attacked as the engine deploys and attacks the model (its defenses, BPDA, EOT, votes), the
+    sources' attacks run as one cascade through the engine's own budget and tampering checks."""
+    if setup.detector is not None:
+        return "not run on a model with a detector (the binary readout replaces the classes the detector guards)"
+    if threat.eps == 0 or not math.isfinite(threat.eps):
+        return f"not run at eps {threat.eps:g}"
+    n = min(cfg.n, len(x))
+    judge = setup.views(seed)[2]
+    pick = (judge(x[:n].clone()).argmax(1) == y[:n]).nonzero().squeeze(1)[: cfg.binarization]
+    if pick.numel() == 0:
+        return "no clean-correct point to test"
+    xs = x[pick].clone()
+    k = len(xs)
+    g = torch.Generator().manual_seed(seed)
+    model, head = binarize_mod.install(setup.model, xs[:2], k)
+    inner, boundary = binarize_mod.samples(xs, threat, g)
+    m = inner.shape[1]
+
+    def deployed_as_setup(model: nn.Module) -> _Setup:
+        return _Setup(model, _Guard(model, None), setup.pre, None, setup.mode, setup.eot, setup.votes, setup.batch_size)
+
+    rows, margin = binarize_mod.features(deployed_as_setup(model).views(seed)[0], head,
+                                         torch.cat([inner.flatten(0, 1), boundary]), setup.batch_size)
+    valid = binarize_mod.fit(head, rows[: k * m].view(k, m, -1), rows[k * m:], margin[: k * m: m])
+    bsetup = deployed_as_setup(model)  # its guard's snapshot holds the fitted readouts
+    _, surface, bjudge = bsetup.views(seed)
+    zeros = torch.zeros(k, dtype=torch.long, device=xs.device)
+    # The guarantee, checked on the model as deployed and judged: the point is class 0 and a point
+    # inside the ball is class 1.
+    valid &= (bjudge(xs.clone()).argmax(1) == 0) & (bjudge(boundary.clone()).argmax(1) == 1)
+    valid &= threat.distance(boundary, xs) <= threat.eps + tolerance
+    hit = torch.zeros(k, dtype=torch.bool, device=xs.device)
+    found: dict[str, int] = {}
+    skipped: dict[str, str] = {}
+    for s, (label, make, attacks) in enumerate(sources):
+        view, why = make(bsetup, surface, xs[valid], zeros[valid])
+        if view is None:
+            skipped[label] = why
+            continue
+        before = int(hit.sum())
+        for i, attack in enumerate(attacks):
+            todo = (valid & ~hit).nonzero().squeeze(1)
+            for chunk, _, logits in _attacked(f"binarization ({label})", attack, view, bjudge, xs, zeros, todo, threat,
+                                              setup.batch_size, (seed, "binarization", s, i), bsetup.guard, tolerance):
+                hit[chunk] |= logits.argmax(1) == 1
+        found[label] = found.get(label, 0) + int(hit.sum()) - before
+    bsetup.guard.check("the binarization test")
+    return Binarized(points=k, valid=int(valid.sum()), found=found, found_any=int((hit & valid).sum()), skipped=skipped)
 
 
 def _result(*, robust: np.ndarray, robust_top5_mask: np.ndarray, top5_measured: bool, **fields: Any) -> EvalResult:

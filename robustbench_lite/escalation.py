@@ -102,6 +102,7 @@ LADDER: dict[str, tuple[str, ...]] = {
     "more_steps": ("more_steps",),
     "stochastic_outputs": ("eot",),
     "adaptive_vs_oblivious": ("oblivious", "defense_bpda"),
+    "binarization": ("dlr", "inner", "located_bpda", "defense_bpda", "rescaled", "more_steps", "square"),
 }
 
 #: Checks that describe the model rather than compare attacks: re-running them after escalation

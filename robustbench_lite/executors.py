@@ -46,6 +46,7 @@ class Task:
     n: int
     checks: bool
     keys: tuple[str, ...]  # the store keys of its cells, one per eps (engine.cell_keys)
+    check_attacks: tuple[str, ...] | None = None  # what the checks' binarization test runs (the row's attacks)
 
     @property
     def label(self) -> str:
@@ -142,7 +143,7 @@ def run_task(task: Task, model: LoadedModel, test: Split, plugins: Sequence[Plug
         plugin.load()
     sink = _Collector()
     results = evaluate(model, test, [task.attack], task.eps, norm=task.norm, n=task.n, store=sink,
-                       checks=CheckConfig() if task.checks else None, escalate=None)  # the grid escalates its worst cases
+                       checks=CheckConfig(attacks=task.check_attacks) if task.checks else None, escalate=None)  # the grid escalates its worst cases
     got = tuple(r.key for r in results)
     if got != task.keys:  # the driver and the worker disagree on what the cell is: never store it
         raise RuntimeError(f"{task.label}: the worker computed cells {got} but the driver planned {task.keys} "

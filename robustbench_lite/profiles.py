@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 from . import data as data_mod
 from . import zoo
 from .cell import worst_case_config
+from .checks import CheckConfig
 from .engine import EvalResult, cell_keys, combine, escalate
 from .executors import Executor, Failed, LocalExecutor, Plugin, Progress, Task, execute
 from .store import Store
@@ -94,7 +95,8 @@ def tasks(profile: Profile, models: dict[str, LoadedModel], test: data_mod.Split
         for i, attack in enumerate(profile.attacks):
             keys = cell_keys(models[name], test, [attack], profile.eps, norm=profile.norm, n=profile.n)
             # The masking checks describe the model, not an attack: one run, with the first attack.
-            out.append(Task(name, attack, profile.eps, profile.norm, profile.n, checks=profile.checks and i == 0, keys=tuple(keys)))
+            out.append(Task(name, attack, profile.eps, profile.norm, profile.n, checks=profile.checks and i == 0, keys=tuple(keys),
+                            check_attacks=profile.attacks))
     return out
 
 
@@ -135,7 +137,7 @@ def run_grid(profile: Profile, store: Store, *, data_dir: str | None = None, pro
                 results.append(worst)
                 # A failed check escalates the row's worst case, the number that is ranked.
                 if profile.checks and any(v.passed is False for v in worst.checks):
-                    results.append(escalate(worst, models[name], test, store=store))
+                    results.append(escalate(worst, models[name], test, store=store, checks=CheckConfig(attacks=profile.attacks)))
     return Grid(results, failures)
 
 

@@ -102,7 +102,8 @@ def _verdicts(ctx: "_Context", key: str, config_text: str, verdicts_text: str) -
         split = ctx.split(cell.dataset, cell.split)
         calibration = ctx.split(cell.dataset, cell.calibration["split"]) if cell.calibration else None
         now = recheck(config, lm, split, {c.eps: c.robust_acc for c in cells},  # type: ignore[union-attr]
-                      _methods(cell.defenses, DEFENSES, "defense"), calibration)
+                      _methods(cell.defenses, DEFENSES, "defense"), calibration,
+                      _methods(config.get("attacks", []), ATTACKS, "attack"))
     except _Unavailable as exc:
         return Outcome(status=UNAVAILABLE, note=str(exc), **base)
     diffs = []

@@ -278,7 +278,7 @@ def test_rbl_eval_prints_the_ladder_and_strict_exits_on_an_unverified_row(unveri
 
     monkeypatch.setattr(cli, "_store", lambda path: Store(unverified[0]))
     argv = ["eval", "--model", "masked", "--attack", "pgd:steps=10", "--eps", str(EPS), "--n", str(N), "--checks-n", "50"]
-    monkeypatch.setattr("robustbench_lite.checks.CheckConfig", lambda n: CHECKS_FAST)
+    monkeypatch.setattr("robustbench_lite.checks.CheckConfig", lambda **kw: CHECKS_FAST)
     assert main(argv + ["--strict"]) == EXIT_CHECKS
     out, err = capsys.readouterr()
     assert "escalation" in out and "UNVERIFIED" in out and "robust" in out and "unverified" in err

@@ -2,6 +2,7 @@
 test: headless Chromium renders the page, sorts the table and loads every image."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -39,7 +40,10 @@ def published(trained, fmnist_test, tmp_path_factory):
     out = tmp_path_factory.mktemp("site")
     store = Store(out / "store.sqlite")
     cfg = CheckConfig(n=30, steps=10, queries=200)
-    evaluate(trained, fmnist_test, ["fgsm", "pgd:steps=10"], [0.05, 0.1], n=100, store=store, checks=cfg)
+    # The honest model's checks on all 100 points: on 30, one point is more than the 3% of the
+    # more-steps check, and a flip of one point would escalate the cell (tests/test_escalation.py's business).
+    evaluate(trained, fmnist_test, ["fgsm", "pgd:steps=10"], [0.05, 0.1], n=100, store=store,
+             checks=dataclasses.replace(cfg, n=100))
     masked = LoadedModel("smallcnn-rounded", _Rounded(trained.model), "fmnist", "0" * 64)
     # Not escalated, so its checks still fail: shown, flagged, never ranked (tests/test_escalation.py escalates).
     evaluate(masked, fmnist_test, ["pgd:steps=10"], [0.1], n=100, store=store, checks=cfg, escalate=None)

@@ -56,12 +56,18 @@ class CheckConfig:
             check doubles them and adds a restart.
         queries: Square's query budget in the black-box comparison (default 1000).
         noise_draws: random corners of the eps-ball tried per point (default 10).
+        binarization: points of the binarization test (default 20): the first clean-correct ones
+            of the checks' ``n``; 0 skips it.
+        attacks: the attack specs the binarization test runs (a profile's attack list); None
+            (default): the evaluation's own attacks.
     """
 
     n: int = 100
     steps: int = 20
     queries: int = 1000
     noise_draws: int = 10
+    binarization: int = 20
+    attacks: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         from ..attack import check_int
@@ -70,6 +76,11 @@ class CheckConfig:
         check_int("checks", "steps", self.steps, 1)
         check_int("checks", "queries", self.queries, 1)
         check_int("checks", "noise_draws", self.noise_draws, 1)
+        check_int("checks", "binarization", self.binarization, 0)
+        if self.attacks is not None:
+            if isinstance(self.attacks, str) or not self.attacks or not all(isinstance(a, str) and a for a in self.attacks):
+                raise ValueError(f"checks: attacks must be a non-empty tuple of attack specs, got {self.attacks!r}")
+            object.__setattr__(self, "attacks", tuple(self.attacks))
 
 
 @dataclass
@@ -108,6 +119,9 @@ class Probe:
     # After escalation: per point of the probe, robust under the escalated evaluation at a threat.
     # Every comparison is then made against it and the check's own attack together.
     reference: Callable[[Threat], torch.Tensor] | None = None
+    # The binarization test, run by the engine (which holds the attacks): None, or a reason it
+    # does not apply, or its outcome.
+    binarized: Callable[[], "Binarized | str"] | None = None
 
     @functools.cached_property
     def outputs(self) -> torch.Tensor:
@@ -379,10 +393,45 @@ def dynamic_forward(probe: Probe) -> Verdict:
     return Verdict(name, True, 0.0, 0.0, "no forward pass turns autograd on or depends on it")
 
 
+@dataclass(frozen=True)
+class Binarized:
+    """What the binarization test found: of the points whose test could be built (``valid``),
+    those on which each source of attacks found the adversarial example that exists."""
+
+    points: int
+    valid: int
+    found: dict[str, int]  # per source (the evaluation's attacks, an escalation step), in order
+    found_any: int
+    skipped: dict[str, str] = field(default_factory=dict)  # sources that do not apply, and why
+
+
+def binarization(probe: Probe) -> Verdict:
+    # Between what honest models' attack lists miss and what attacks on masked models miss, with
+    # room on both sides: scripts/binarization_margins.py measures both.
+    name, threshold = "binarization", 0.3
+    if probe.binarized is None:
+        return Verdict(name, None, None, None, "not run (checks binarization=0)")
+    out = probe.binarized()
+    if isinstance(out, str):
+        return Verdict(name, None, None, None, out)
+    if out.valid < max(3, (out.points + 1) // 2):
+        return Verdict(name, None, None, None,
+                       f"only {out.valid} of {out.points} tests could be built (the binary readout did not separate "
+                       "the boundary point, or the deployed model did not classify it as fitted)")
+    value = (out.valid - out.found_any) / out.valid
+    per = ", ".join(f"{src}: {k}" for src, k in out.found.items())
+    skipped = "".join(f"; {src} does not apply ({why})" for src, why in out.skipped.items())
+    return Verdict(name, value <= threshold, value, threshold,
+                   f"on {out.valid} points where an adversarial example provably exists inside the ball (the head "
+                   f"binarized, Zimmermann et al. 2022), the attacks missed it on {out.valid - out.found_any} "
+                   f"(found by {per}){skipped}"
+                   + ("; the attacks are provably too weak on this model" if value > threshold else ""))
+
+
 CHECKS: tuple[Callable[[Probe], Verdict], ...] = (
     logits_not_probabilities, stochastic_outputs, gradients, finite_differences, dynamic_forward, monotone_in_eps,
     unbounded_eps, iterative_vs_single_step, more_steps, noise_vs_pgd, black_box_vs_white_box,
-    adaptive_vs_oblivious,
+    adaptive_vs_oblivious, binarization,
 )
 
 
