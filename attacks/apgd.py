@@ -91,15 +91,16 @@ class _APGD(Attack):
                   threat: Threat, generator: PointStreams) -> tuple[torch.Tensor, torch.Tensor]:
         n, shape = len(x), (-1,) + (1,) * (x.ndim - 1)
 
-        def loss_grad(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        def loss_grad(v: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             v = v.detach().requires_grad_(True)
-            logits = scores(model, v, y)
-            loss = self._loss(logits, y, t)
+            yi, ti = y[idx], (t[idx] if t is not None else None)
+            logits = scores(model, v, yi)
+            loss = self._loss(logits, yi, ti)
             g = input_grad(loss.sum(), v)
-            return loss.detach(), g, logits.argmax(1) != y
+            return loss.detach(), g, logits.argmax(1) != yi
 
         x_adv = threat.random_start(x, generator)
-        loss, grad, fooled = loss_grad(x_adv)
+        loss, grad, fooled = loss_grad(x_adv, torch.arange(n, device=x.device))
         best_loss, x_best, grad_best = loss.clone(), x_adv.clone(), grad.clone()
         x_found, found = x_adv.clone(), fooled.clone()
         step = torch.full((n,), 2.0 * threat.eps, device=x.device)
@@ -108,16 +109,23 @@ class _APGD(Attack):
         since, rises = 0, torch.zeros(n, device=x.device)
         best_at_check, reduced_at_check = best_loss.clone(), torch.ones(n, dtype=torch.bool, device=x.device)
         for i in range(self.steps):
+            # A point stops at its first misclassified iterate, which is what it returns: only the
+            # others step on (every quantity is per point, so theirs do not change).
+            idx = (~found).nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
             a = 0.75 if i > 0 else 1.0
-            z = threat.project(x_adv + step.view(shape) * _direction(grad, threat, "sign"), x)
-            x_next = threat.project(x_adv + a * (z - x_adv) + (1 - a) * (x_adv - x_prev), x)
-            x_prev, x_adv = x_adv, x_next
-            new_loss, grad, fooled = loss_grad(x_adv)
-            x_found[fooled & ~found] = x_adv[fooled & ~found]
-            found |= fooled
-            rises += (new_loss > loss).float()
-            loss = new_loss
-            better = loss > best_loss
+            xa, xi = x_adv[idx], x[idx]
+            z = threat.project(xa + step[idx].view(shape) * _direction(grad[idx], threat, "sign"), xi)
+            x_next = threat.project(xa + a * (z - xa) + (1 - a) * (xa - x_prev[idx]), xi)
+            x_prev[idx], x_adv[idx] = xa, x_next
+            new_loss, g, fooled = loss_grad(x_next, idx)
+            grad[idx] = g
+            x_found[idx[fooled]] = x_next[fooled]
+            found[idx[fooled]] = True
+            rises[idx] += (new_loss > loss[idx]).float()
+            loss[idx] = new_loss
+            better = idx[new_loss > best_loss[idx]]
             x_best[better], grad_best[better], best_loss[better] = x_adv[better], grad[better], loss[better]
             since += 1
             if since == period:

@@ -12,7 +12,7 @@ import math
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +58,22 @@ def live(g: torch.Tensor | None, n: int | None = None) -> torch.Tensor:
         return torch.zeros(n or 0, dtype=torch.bool)
     norms = g.flatten(1).norm(dim=1)
     return torch.isfinite(norms) & (norms > 0)
+
+
+def module_calls(model: nn.Module, x: torch.Tensor,
+                 keep: Callable[[str, nn.Module], bool]) -> tuple[Any, list[tuple[str, tuple[Any, ...], Any]]]:
+    """One forward pass of ``model`` on ``x`` (eval mode, no gradients): its output and, in call
+    order, every call (name, args, output) of the submodules that ``keep(name, module)`` selects."""
+    calls: list[tuple[str, tuple[Any, ...], Any]] = []
+    handles = [m.register_forward_hook(lambda mod, args, out, name=name: calls.append((name, args, out)))
+               for name, m in model.named_modules() if keep(name, m)]
+    try:
+        with torch.no_grad(), eval_mode(model):
+            out = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return out, calls
 
 
 def target_ranks(targets: int, n_classes: int) -> list[int | None]:

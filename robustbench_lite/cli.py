@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--arch", help="architecture of a --checkpoint without a model card")
     e.add_argument("--dataset", help="dataset of a --checkpoint without a model card")
     e.add_argument("--attack", action="append", required=True, metavar="SPEC",
-                   help="name[:key=value,...] or a preset (strong = apgd_ce, apgd_dlr:targets=9, square), "
+                   help="name[:key=value,...] or a preset (strong = apgd_ce, apgd_dlr:targets=3, square:queries=3000), "
                         "repeatable; robust = correct under every attack")
     e.add_argument("--eps", type=_eps, nargs="+", required=True)
     e.add_argument("--norm", default="linf", choices=["linf", "l2"])

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attack import eval_mode, live
+from .attack import eval_mode, live, module_calls
 
 _log = logging.getLogger(__name__)
 
@@ -358,25 +358,12 @@ def inner(model: nn.Module, x: torch.Tensor) -> str | None:
     pre-processes. Preferred: the innermost one that receives the model's input exactly (what a
     post-processing wrapper wraps); else the outermost one (behind a preprocessing step, which its
     examples then cross as a transfer). None where the model is its own classifier."""
+    out, calls = module_calls(model, x, lambda name, m: bool(name))
     found: dict[str, tuple[tuple[int, ...], bool]] = {}
-    handles = []
-
-    def hook(name: str) -> Callable[..., Any]:
-        def record(mod: nn.Module, args: tuple[Any, ...], out: Any) -> None:
-            if (len(args) == 1 and isinstance(args[0], torch.Tensor) and args[0].shape == x.shape
-                    and isinstance(out, torch.Tensor) and name not in found):
-                found[name] = (tuple(out.shape), bool(torch.equal(args[0], x)))
-        return record
-
-    for name, m in model.named_modules():
-        if name:
-            handles.append(m.register_forward_hook(hook(name)))
-    try:
-        with torch.no_grad(), eval_mode(model):
-            out = model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    for name, args, o in calls:
+        if (len(args) == 1 and isinstance(args[0], torch.Tensor) and args[0].shape == x.shape
+                and isinstance(o, torch.Tensor) and name not in found):
+            found[name] = (tuple(o.shape), bool(torch.equal(args[0], x)))
     if not isinstance(out, torch.Tensor):
         return None
     candidates = [n for n, (shape, _) in found.items() if shape == tuple(out.shape)]

@@ -4,12 +4,13 @@ with the masks of tests/test_escalation.py (a saturated softmax, a zero-backward
 optimisation, a saturated softmax with no wrapped classifier). The check's threshold
 (``checks.suite.binarization``) must sit clear of both columns. Prints one Markdown row per case.
 
-    PYTHONPATH=. .venv/bin/python scripts/binarization_margins.py [--n 100] [--eps 0.1] [--points 20]
+    PYTHONPATH=. .venv/bin/python scripts/binarization_margins.py [--n 100] [--eps 0.1] [--points 20] [--models GLOB ...]
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import fnmatch
 
 from robustbench_lite import data, zoo
 from robustbench_lite.checks import CheckConfig
@@ -26,11 +27,12 @@ def main() -> None:
     p.add_argument("--n", type=int, default=100)
     p.add_argument("--eps", type=float, default=0.1)
     p.add_argument("--points", type=int, default=20)
+    p.add_argument("--models", nargs="*", default=["*"], help="zoo names (globs) among the trained ones")
     args = p.parse_args()
     test = data.load("fmnist", "test")
     cfg = CheckConfig(n=50, steps=10, queries=300, binarization=args.points)
     print("| model | mask | attacks | valid tests | missed | verdict |\n|---|---|---|---|---|---|")
-    for name in zoo.trained():
+    for name in [m for m in zoo.trained() if any(fnmatch.fnmatchcase(m, g) for g in args.models)]:
         lm = zoo.load(name)
         cases = [("none", lm, ATTACK_LISTS)]
         if name.startswith("smallcnn"):  # the masks reach into the small CNN's layers

@@ -28,7 +28,7 @@ from robustbench_lite.registry import DEFENSES
 from robustbench_lite.store import Store
 
 N, EPS = 100, 0.1
-CHECKS_FAST = CheckConfig(n=50, steps=10, queries=300)
+CHECKS_FAST = CheckConfig(n=50, steps=10, queries=300, binarization=10)
 LADDER_FAST = EscalationConfig(steps=30, queries=1000, surrogates=(), eot=3)
 # The escalated number of a masked model against strong's on the unmasked one, in accuracy.
 MARGIN = 0.05

@@ -128,7 +128,9 @@ def test_transfer_from_an_untrained_zoo_name_says_how_to_train_it(trained, batch
 
 
 def test_strong_preset_expands_to_the_autoattack_cascade():
-    assert specs.expand(["fgsm", "strong"]) == ["fgsm", "apgd_ce", "apgd_dlr:targets=9", "square"]
+    assert specs.expand(["fgsm", "strong"]) == ["fgsm", *specs.PRESETS["strong"]]
+    assert specs.PRESETS["strong"][:2] == ("apgd_ce", "apgd_dlr:targets=3")  # APGD-CE, then APGD-T, then Square
+    assert specs.attack(specs.PRESETS["strong"][2]).config()["attack"] == "square"
 
 
 @pytest.mark.slow
@@ -137,5 +139,5 @@ def test_strong_preset_is_no_weaker_than_pgd_and_records_its_members(trained, fm
     pgd = evaluate(trained, fmnist_test, ["pgd:steps=50"], **kw)[0]
     strong = evaluate(trained, fmnist_test, [specs.attack("apgd_ce:steps=50"), "apgd_dlr:targets=3,steps=50", "square:queries=500"], **kw)[0]
     preset = evaluate(trained, fmnist_test, ["strong"], **kw | {"n": 8})[0]  # the preset end to end, on a few points
-    assert preset.attacks == ("apgd_ce", "apgd_dlr:targets=9", "square")
+    assert preset.attacks == specs.PRESETS["strong"]
     assert strong.robust_acc <= pgd.robust_acc, (strong.robust_acc, pgd.robust_acc)

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attack import eval_mode
+from ..attack import eval_mode, module_calls
 from ..threat import Threat
 
 INNER = 99  # random inner points per test, besides the point itself
@@ -75,24 +74,11 @@ def head_of(model: nn.Module, x: torch.Tensor) -> tuple[str | None, int]:
     """The name of the model's head (the last ``nn.Linear`` called once per forward pass whose
     output has the model's output shape, on a 2-d input) and its feature size; (None, the
     output's size) where there is none."""
+    out, seen = module_calls(model, x, lambda name, m: isinstance(m, nn.Linear))
     calls: dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]] = {}
-    handles = []
-
-    def hook(name: str) -> Callable[..., None]:
-        def record(mod: nn.Module, args: tuple[Any, ...], out: Any) -> None:
-            if args and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor):
-                calls.setdefault(name, []).append((tuple(args[0].shape), tuple(out.shape)))
-        return record
-
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Linear):
-            handles.append(m.register_forward_hook(hook(name)))
-    try:
-        with torch.no_grad(), eval_mode(model):
-            out = model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    for name, args, o in seen:
+        if args and isinstance(args[0], torch.Tensor) and isinstance(o, torch.Tensor):
+            calls.setdefault(name, []).append((tuple(args[0].shape), tuple(o.shape)))
     heads = [n for n, c in calls.items() if len(c) == 1 and c[0][1] == tuple(out.shape) and len(c[0][0]) == 2]
     if heads:
         return heads[-1], calls[heads[-1]][0][0][1]
