@@ -694,6 +694,13 @@ class _Setup:
     def parts(self) -> tuple[Defense | Detector, ...]:
         return self.pre + ((self.detector.detector,) if self.detector is not None else ())
 
+    def ladder_views(self, seed: int) -> tuple[nn.Module | None, nn.Module | None]:
+        """What the escalation's defense_bpda and oblivious steps attack: BPDA through every defense
+        step, and the bare classifier; (None, None) without a defense."""
+        if not self.defended:
+            return None, None
+        return dataclasses.replace(self, mode="bpda").views(seed)[1], self.attack_model
+
     def views(self, seed: int) -> tuple[nn.Module, nn.Module, Any]:
         """The deployed model, the attack's view of it, and the judge of its predictions."""
         if not self.defended:
@@ -801,9 +808,7 @@ class _Ladder:
         # Where the gradient dies is looked for on clean-correct points (a wrong one has no loss to climb).
         look = robust.nonzero().squeeze(1)[:16]
         look = look if look.numel() >= 4 else torch.arange(min(n, 16))
-        bpda = (dataclasses.replace(self.setup, mode="bpda").views(_seed(self.draws, "escalation", "defense"))[1]
-                if self.setup.defended else None)
-        bare = self.setup.attack_model if self.setup.defended else None
+        bpda, bare = self.setup.ladder_views(_seed(self.draws, "escalation", "defense"))
         record: list[dict[str, Any]] = []
         self.used: list[tuple[ladder_mod.Step, nn.Module, list[Attack]]] = []
         self.followed: dict[str, nn.Module] = {"the attack surface": surface}  # views whose gradients an attack followed
@@ -922,10 +927,8 @@ class _Ladder:
                      st: ladder_mod.Step = st) -> tuple[nn.Module | None, str]:
                 if st.view == "transfer":
                     return None, "its surrogates are not binarized"
-                bpda = (dataclasses.replace(bsetup, mode="bpda").views(_seed(self.draws, "binarization", "defense"))[1]
-                        if bsetup.defended else None)
-                return ladder_mod.view(st, surface=surface, bare=bsetup.attack_model if bsetup.defended else None,
-                                       defense_bpda=bpda, x=x, y=y, config=self.config)
+                bpda, bare = bsetup.ladder_views(_seed(self.draws, "binarization", "defense"))
+                return ladder_mod.view(st, surface=surface, bare=bare, defense_bpda=bpda, x=x, y=y, config=self.config)
             out.append((st.name, make, attacks))
         return out
 
@@ -1069,7 +1072,8 @@ def _binarization(setup: _Setup, x: torch.Tensor, y: torch.Tensor, threat: Threa
     hit = torch.zeros(k, dtype=torch.bool, device=xs.device)
     found: dict[str, int] = {}
     skipped: dict[str, str] = {}
-    for s, (label, make, attacks) in enumerate(sources):
+    # No valid test: nothing to attack (and no points to build a step's view on).
+    for s, (label, make, attacks) in enumerate(sources if bool(valid.any()) else ()):
         view, why = make(bsetup, surface, xs[valid], zeros[valid])
         if view is None:
             skipped[label] = why
