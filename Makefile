@@ -28,7 +28,7 @@ browser:
 	@bash scripts/get-chromium.sh
 
 test: setup browser
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist worksteal tests
 
 # Speed targets (ratios against baselines measured in the same run); needs the bench extra.
 bench: setup

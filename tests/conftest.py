@@ -13,6 +13,11 @@ os.environ["RBL_CACHE_DIR"] = tempfile.mkdtemp(prefix="rbl-test-cache-")
 os.environ["RBL_STORE"] = os.path.join(os.environ["RBL_CACHE_DIR"], "results.sqlite")
 os.environ["RBL_NO_DOWNLOAD"] = "1"
 os.environ.pop("RBL_DATA_DIR", None)
+# Under pytest-xdist (`make test` runs one worker per core) each worker computes on one thread:
+# the tiny models here gain little from intra-op threads, and two workers with two threads each
+# would oversubscribe the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 # The seed of every fixture the suite trains. Another CPU trains other weights from the same seed;
 # RBL_TEST_SEED=1 (2, 3, ...) runs the suite on fixtures trained from other seeds, which is how the
 # margins of its statistical assertions are checked (README, "Tests").

@@ -251,7 +251,7 @@ def test_batch_size_threads_and_cell_order_change_no_bit(trained, fmnist_test):
     try:
         for batch, nthreads, eps in ((500, 2, [0.05, 0.1]), (100, 2, [0.1, 0.05]), (500, 1, [0.05, 0.1]), (33, 1, [0.1, 0.05])):
             torch.set_num_threads(nthreads)
-            rows = evaluate(trained, fmnist_test, attacks, eps, n=200, batch_size=batch)
+            rows = evaluate(trained, fmnist_test, attacks, eps, n=100, batch_size=batch)
             runs[(batch, nthreads)] = {r.eps: r for r in rows}
     finally:
         torch.set_num_threads(threads)

@@ -209,13 +209,16 @@ def test_dynamic_detection_is_per_call_with_no_counter_carried_over(trained):
     assert "stepped an optimiser" in dynamic(Stepping(plain), x)
 
 
-def test_lying_defenses_are_escalated_to_their_honest_numbers(lying, trained, fmnist_test):
+def test_a_defense_lying_about_differentiability_is_escalated_to_its_honest_number(lying, trained, fmnist_test):
     # Declared differentiable, but rounding: BPDA through every defense step answers it.
     liar = _pgd(trained, fmnist_test, defense=[_LyingRounding()], mode="adaptive")
     honest = evaluate(trained, fmnist_test, ["strong"], [EPS], n=N, checks=None, defense=["bit_depth:bits=3"])[0]
     assert "gradients" in {v.name for v in liar.checks if v.passed is False}
     assert liar.verified and liar.robust_acc <= honest.robust_acc + MARGIN, (liar.robust_acc, honest.robust_acc)
     assert any(s["step"] == "defense_bpda" and not s.get("skipped") for s in liar.escalation)
+
+
+def test_a_defense_lying_about_randomness_is_escalated_to_its_honest_number(lying, trained, fmnist_test):
     # Declared deterministic, but random: EOT answers it.
     liar = _pgd(trained, fmnist_test, defense=[_LyingNoise()], mode="adaptive")
     honest = evaluate(trained, fmnist_test, ["strong"], [EPS], n=N, checks=None, defense=["gaussian_noise:sigma=0.12"],
