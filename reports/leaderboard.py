@@ -50,7 +50,36 @@ def labels(models: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
     return {(n, w): n if count[n] == 1 else f"{n}@{w[:8]}" for n, w in pairs}
 
 
-def table(store: Store, headline_eps: float = 0.1, norm: str = "linf") -> pd.DataFrame:
+IMPORTED = "imported"
+
+
+def imported(store: Store, eps: float | None = None, norm: str | None = None) -> pd.DataFrame:
+    """Rows of the imported RobustBench entries (``rbl leaderboard --import``) at ``eps`` and ``norm``
+    (all if None), shaped like :func:`table`'s: never ranked, ``checks`` naming the source."""
+    rows = []
+    for _, m, _ in store.artifacts("robustbench_entry"):
+        if "norm" not in m or (norm is not None and m["norm"] != norm) or (eps is not None and abs(m["eps_value"] - eps) > 1e-9):
+            continue
+        rows.append({"rank": None, "model": str(m["model"]), "model_name": str(m["model"]), "weights_sha256": "",
+                     "arch": str(m.get("architecture") or ""), "recipe": "", "dataset": str(m["dataset"]), "defense": "none",
+                     "mode": "none", "norm": m["norm"], "eps": m["eps_value"], "eps_text": str(m["eps"]), "n": None,
+                     "clean_acc": m["clean"], "robust_acc": m["robust"], "robust_acc_ci_low": None,
+                     "robust_acc_ci_high": None, "robust_top5": None, "worst_case_over": "AutoAttack (as RobustBench reports it)",
+                     "checks": f"imported from {m['source']}: not evaluated here, not ranked", IMPORTED: m["source"]})
+    return pd.DataFrame(rows)
+
+
+def boards(store: Store, headline_eps: float = 0.1) -> list[tuple[str, float]]:
+    """The (norm, eps) boards the store can show: ours at the headline eps (L-inf), and every
+    threat and eps that imported entries name."""
+    out = [("linf", headline_eps)] if not table(store, headline_eps).empty else []
+    for _, r in imported(store).iterrows():
+        if not any(n == r["norm"] and abs(e - r["eps"]) < 1e-9 for n, e in out):
+            out.append((r["norm"], float(r["eps"])))
+    return out
+
+
+def table(store: Store, headline_eps: float = 0.1, norm: str = "linf", with_imported: bool = False) -> pd.DataFrame:
     """One row per model (and defense, and attack mode) at the headline eps, ranked by
     worst-case robust accuracy.
 
@@ -59,10 +88,13 @@ def table(store: Store, headline_eps: float = 0.1, norm: str = "linf") -> pd.Dat
     list than the one shown. A defended model has a row per attack mode (adaptive, bpda,
     oblivious); only the strongest non-oblivious one is ranked.
     """
+    extra = imported(store, headline_eps, norm) if with_imported else pd.DataFrame()
     df = frame(store)
     if df.empty:
-        return pd.DataFrame()
+        return extra
     df = df[(df["norm"] == norm) & (df["eps"].sub(headline_eps).abs() < 1e-9)]
+    if df.empty:
+        return extra
     rows = []
     for (model, dataset, defense, mode), g in df.groupby(["model", "dataset", "defense", "mode"], sort=False):
         g = g[g["n"] == g["n"].max()]
@@ -96,7 +128,8 @@ def table(store: Store, headline_eps: float = 0.1, norm: str = "linf") -> pd.Dat
     out = out.sort_values(["ranked", "robust_acc", "clean_acc"], ascending=False).reset_index(drop=True)
     ranks = out["ranked"].cumsum()
     out.insert(0, "rank", [int(r) if ok else None for r, ok in zip(ranks, out["ranked"], strict=True)])
-    return out.drop(columns="ranked")
+    out = out.drop(columns="ranked")
+    return pd.concat([out, extra], ignore_index=True) if not extra.empty else out
 
 
 def _flag(g: pd.DataFrame, worst: pd.Series) -> str:
@@ -132,14 +165,29 @@ def _pct(v: Any) -> str:
 
 _META = {"rank", "model", "model_name", "weights_sha256", "arch", "recipe", "dataset", "defense", "mode", "eps", "n", "clean_acc", "robust_acc",
          "robust_acc_ci_low", "robust_acc_ci_high", "robust_top5", "worst_case_over", "checks", "caught",
-         "detection_auc", "oblivious_acc"}
+         "detection_auc", "oblivious_acc", "norm", "eps_text", IMPORTED}
+
+
+NORMS = {"linf": "L-inf", "l2": "L2"}
 
 
 def markdown(store: Store, headline_eps: float = 0.1) -> str:
-    t = table(store, headline_eps)
-    if t.empty:
+    """One board per (dataset, threat, eps): ours at the headline eps, and the imported entries'
+    own, each beside our rows of the same board."""
+    parts = []
+    for norm, eps in boards(store, headline_eps):
+        t = table(store, eps, norm, with_imported=True)
+        for dataset in dict.fromkeys(t["dataset"]):
+            parts.append(_board(t[t["dataset"] == dataset].reset_index(drop=True), norm, eps))
+    if not parts:
         return "No results in the store yet. Run `rbl run` or `rbl eval` first.\n"
-    attack_cols = [c for c in t.columns if c not in _META]
+    return "\n".join(parts)
+
+
+def _board(t: pd.DataFrame, norm: str, headline_eps: float) -> str:
+    ours = t[t[IMPORTED].isna()] if IMPORTED in t else t
+    eps_text = t["eps_text"].dropna().iloc[0] if "eps_text" in t and t["eps_text"].notna().any() else f"{headline_eps:g}"
+    attack_cols = [c for c in t.columns if c not in _META and t[c].notna().any()]
     defended = bool((t["defense"] != "none").any())
     head = ["#", "model", "arch", "recipe"] + (["defense", "attacked"] if defended else []) + ["clean %"]
     detectors = "caught" in t and bool(t["caught"].notna().any())
@@ -147,7 +195,7 @@ def markdown(store: Store, headline_eps: float = 0.1) -> str:
     head += ["caught %", "detection AUC"] if detectors else []
     head += ["n", "masking checks"]
     lines = [
-        f"# Leaderboard: {t['dataset'].iloc[0]} L-inf eps = {headline_eps}",
+        f"# Leaderboard: {t['dataset'].iloc[0]} {NORMS[norm]} eps = {eps_text}",
         "",
         "Robust accuracy counts an example only if it is clean-correct and correct under every attack "
         "(per-example worst case). Ranked by worst-case robust accuracy. Top-5 robust accuracy is "
@@ -164,7 +212,10 @@ def markdown(store: Store, headline_eps: float = 0.1) -> str:
             if defended else "") + (
             " A detector's rejection of an adversarial input counts as robust (caught %), its rejection of "
             "a clean input as an error; adaptive rows attack classifier and detector jointly (Carlini & Wagner 2017)."
-            if detectors else ""),
+            if detectors else "") + (
+            " Rows marked imported come from RobustBench's model_info files as RobustBench reports them "
+            "(AutoAttack on their test set); they were not evaluated here and are shown, never ranked."
+            if len(ours) < len(t) else ""),
         "",
         "| " + " | ".join(head) + " |",
         "|" + "|".join(["---:" if h not in ("model", "arch", "recipe", "defense", "attacked", "masking checks") else "---" for h in head]) + "|",
@@ -181,9 +232,9 @@ def markdown(store: Store, headline_eps: float = 0.1) -> str:
         if detectors:
             auc = r["detection_auc"]
             cells += [_pct(r["caught"]), "–" if auc is None or (isinstance(auc, float) and math.isnan(auc)) else f"{auc:.3f}"]
-        cells += [str(r["n"]), r["checks"]]
+        cells += ["–" if r["n"] is None or (isinstance(r["n"], float) and math.isnan(r["n"])) else str(int(r["n"])), r["checks"]]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "![accuracy vs eps](accuracy_vs_eps.png)", ""]
+    lines += ["", "![accuracy vs eps](accuracy_vs_eps.png)", ""] if not ours.empty else [""]
     return "\n".join(lines)
 
 
@@ -195,7 +246,10 @@ def render(store: Store, fmt: str, headline_eps: float = 0.1) -> str:
     if fmt == "csv":
         df = frame(store)
         return df.drop(columns=["n_attacks", "label", "model_name"], errors="ignore").to_csv(index=False)
-    return json.dumps(table(store, headline_eps).to_dict(orient="records"), indent=2) + "\n"
+    rows = [r for norm, eps in boards(store, headline_eps)
+            for r in table(store, eps, norm, with_imported=True).to_dict(orient="records")]
+    clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]
+    return json.dumps(clean, indent=2, default=str) + "\n"
 
 
 def plot(store: Store, path: Path, norm: str = "linf", only: str | None = None) -> Path:

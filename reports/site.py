@@ -228,29 +228,53 @@ def robustbench_entries(store: Store, headline_eps: float = 0.1) -> dict[str, di
     return out
 
 
+#: Our norms as RobustBench names its threat-model folders (model_info/<dataset>/<threat>/<id>.json).
+THREATS = {"linf": "Linf", "l2": "L2"}
+
+
+def parse_eps(text: Any) -> float:
+    """An eps as RobustBench writes it (``"8/255"``, ``"0.5"``) or a number."""
+    from fractions import Fraction
+
+    try:
+        v = float(Fraction(str(text).strip()))
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"eps must be a number or a fraction like 8/255, got {text!r}") from None
+    if not math.isfinite(v) or v < 0:
+        raise ValueError(f"eps must be >= 0, got {text!r}")
+    return v
+
+
 def write_robustbench(store: Store, out: Path, headline_eps: float = 0.1) -> list[Path]:
+    """Our ranked rows as RobustBench ``model_info`` files, laid out as RobustBench lays them out:
+    ``<out>/<dataset>/<Linf|L2>/<name>.json``, which is where the threat model is read back from."""
     written = []
     for name, info in robustbench_entries(store, headline_eps).items():
-        path = Path(out) / f"{slug(name)}.json"
+        path = Path(out) / info["dataset"] / THREATS["linf"] / f"{slug(name)}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(info, indent=2) + "\n"
         _atomic(path, lambda p, t=text: Path(p).write_text(t))
         written.append(path)
     return written
 
 
-def import_robustbench(store: Store, path: Path) -> str:
-    """Store a RobustBench ``model_info`` JSON as an imported entry (shown, never ranked: we did
-    not evaluate it). Returns the artifact key."""
+def import_robustbench(store: Store, path: Path, threat: str | None = None) -> str:
+    """Store a RobustBench ``model_info`` JSON as an imported entry: shown on the board of its
+    dataset, threat model and eps, marked as imported with its source, never ranked (we did not
+    evaluate it). Accuracies may be strings and eps a fraction (``"8/255"``), as in RobustBench's
+    files; the threat model is ``threat`` (Linf or L2), else the file's folder (RobustBench's
+    layout ``model_info/<dataset>/<Linf|L2>/<id>.json``). Returns the artifact key."""
     path = Path(path)
     try:
         info = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: not a readable RobustBench model_info JSON: {exc}") from exc
     if not isinstance(info, dict):
         raise ValueError(f"{path}: a RobustBench model_info file is one JSON object, got {type(info).__name__}")
     missing = [k for k in ("name", "dataset", "eps", "clean_acc", "autoattack_acc") if k not in info]
     if missing:
         raise ValueError(f"{path}: RobustBench model_info lacks {', '.join(missing)}; expected keys: {', '.join(ROBUSTBENCH_KEYS)}")
+    acc = {}
     for k in ("clean_acc", "autoattack_acc"):
         try:
             v = float(info[k])
@@ -258,8 +282,37 @@ def import_robustbench(store: Store, path: Path) -> str:
             raise ValueError(f"{path}: {k} must be a percentage, got {info[k]!r}") from None
         if not 0 <= v <= 100:
             raise ValueError(f"{path}: {k} must be a percentage in [0, 100], got {info[k]!r}")
-    meta = {k: info.get(k, "") for k in ROBUSTBENCH_KEYS} | {"model": str(info["name"]), "source_file": path.name}
+        acc[k] = v / 100
+    folder = threat or path.parent.name
+    norms = {v.lower(): k for k, v in THREATS.items()}
+    if folder.lower() not in norms:
+        raise ValueError(f"{path}: cannot tell its threat model: {folder!r} is not one of {', '.join(THREATS.values())} "
+                         f"(keep RobustBench's layout model_info/<dataset>/<threat>/<id>.json, or pass --threat)")
+    norm = norms[folder.lower()]
+    eps = parse_eps(info["eps"])
+    source = f"RobustBench model_info/{info['dataset']}/{THREATS[norm]}/{path.name}"
+    meta = {k: info.get(k, "") for k in ROBUSTBENCH_KEYS} | {
+        "model": str(info["name"]), "id": path.stem, "source_file": path.name, "source": source, "norm": norm,
+        "eps_value": eps, "clean": acc["clean_acc"], "robust": acc["autoattack_acc"], "original": info}
     return store.put_artifact("robustbench_entry", meta, {})
 
 
-__all__ = ["command", "import_robustbench", "latex", "robustbench_entries", "slug", "write_robustbench", "write_site"]
+def imported_entries(store: Store) -> list[dict[str, Any]]:
+    """The imported RobustBench entries, each with ``original``: the file's object as it was read."""
+    return [meta for _, meta, _ in store.artifacts("robustbench_entry") if "original" in meta]
+
+
+def write_imported(store: Store, out: Path) -> list[Path]:
+    """The imported entries back in RobustBench's format and layout, each its original object."""
+    written = []
+    for e in imported_entries(store):
+        path = Path(out) / str(e["original"]["dataset"]) / THREATS[e["norm"]] / f"{e['id']}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(e["original"], indent=2) + "\n"
+        _atomic(path, lambda p, t=text: Path(p).write_text(t))
+        written.append(path)
+    return written
+
+
+__all__ = ["command", "import_robustbench", "imported_entries", "latex", "parse_eps", "robustbench_entries", "slug",
+           "write_imported", "write_robustbench", "write_site"]

@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, default=Path("reports"), help="report folder (default reports/)")
     r.add_argument("--models", nargs="+", metavar="GLOB", help="only the profile's models matching these globs")
     r.add_argument("--eps", type=_eps, nargs="+", help="evaluate at these eps instead of the profile's grid")
+    r.add_argument("--zoo", type=Path, metavar="DIR",
+                   help="evaluate the models of this bundle (rbl zoo export; reports/zoo is the published quick zoo) "
+                        "instead of training or reading the cache; every profile model must be in it")
     r.add_argument("--executor", default="local", choices=["local", "ray"],
                    help="where the grid's cells run: in this process (default) or as Ray tasks (pip install 'robustbench_lite[ray]')")
     r.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to join (default: $RAY_ADDRESS, else a private local Ray)")
@@ -116,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a model under attacks at one or more eps")
     src = e.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="zoo name <arch>-<dataset>-<recipe>")
-    src.add_argument("--checkpoint", type=Path, help="a .safetensors (with card) or .pt state dict")
+    src.add_argument("--checkpoint", help="a .safetensors (with card) or .pt state dict: a path, or https://... or "
+                                          "hf-hub:org/name[/file] with --sha256")
+    e.add_argument("--sha256", help="sha256 of a --checkpoint that is downloaded (checked before it is read)")
     e.add_argument("--arch", help="architecture of a --checkpoint without a model card")
     e.add_argument("--dataset", help="dataset of a --checkpoint without a model card")
     e.add_argument("--attack", action="append", required=True, metavar="SPEC",
@@ -165,7 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--eps", type=_eps, default=0.1, help="headline eps (default 0.1)")
     lb.add_argument("--out", type=Path, help="write every format, the HTML site (index.html) and the figures into this folder")
     lb.add_argument("--import", dest="imports", action="append", default=[], metavar="FILE",
-                    help="add a RobustBench model_info JSON as an imported (not re-evaluated) entry, repeatable")
+                    help="add a RobustBench model_info JSON as an imported (not re-evaluated) entry, shown on the "
+                         "board of its dataset, threat and eps and never ranked; repeatable")
+    lb.add_argument("--threat", choices=["Linf", "L2"],
+                    help="threat model of the --import files (default: their folder, as in RobustBench's "
+                         "model_info/<dataset>/<threat>/)")
     lb.add_argument("--store", type=Path)
 
     ck = sub.add_parser("check", help="CI gate: evaluate a TOML suite and fail below its thresholds")
@@ -189,6 +198,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "cell's own source and the zoo cache")
     v.add_argument("--json", action="store_true", help="one JSON object per row instead of the table")
     common(v)
+
+    z = sub.add_parser("zoo", help="export, import or fetch trained models (bundles with a sha256 manifest)")
+    zs = z.add_subparsers(dest="zoo_cmd", required=True, parser_class=_Parser)
+    ze = zs.add_parser("export", help="write trained models (zoo or generative) and stored artifacts into a bundle folder")
+    ze.add_argument("names", nargs="*", metavar="NAME", help="zoo names (smallcnn-fmnist-standard) or generative names (vae-fmnist)")
+    ze.add_argument("--profile", help="also export every model of this profile (quick, full)")
+    ze.add_argument("--out", type=Path, required=True, help="new bundle folder")
+    ze.add_argument("--artifacts", nargs="+", default=[], metavar="KIND",
+                    help="also export the store's artifacts of these kinds (universal, advgan, ...; 'all' for every kind)")
+    ze.add_argument("--store", type=Path, help="store the artifacts come from (default $RBL_STORE or the user cache)")
+    zi = zs.add_parser("import", help="verify a bundle and install it: models into the cache, artifacts into the store")
+    zi.add_argument("bundle", type=Path, help="bundle folder (rbl zoo export)")
+    zi.add_argument("--replace", action="store_true", help="overwrite cached models of the same name that have other weights")
+    zi.add_argument("--store", type=Path, help="store the artifacts go to (default $RBL_STORE or the user cache)")
+    zf = zs.add_parser("fetch", help="download a file by URL or hf-hub:org/name, checked against its sha256, into the cache")
+    zf.add_argument("source", help="https://... or hf-hub:org/name[/file]")
+    zf.add_argument("--sha256", required=True, help="the file's sha256 (64 hex digits)")
 
     ls = sub.add_parser("list", help="list registered models, attacks, defenses or recipes")
     ls.add_argument("what", choices=["models", "attacks", "defenses", "recipes", "experiments", "generative"])
@@ -222,7 +248,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     with _store(args.store) as store:
         grid = profiles.run_grid(profile, store, data_dir=args.data_dir, progress=sys.stderr.isatty(),
                                  on_model=lambda m: stamp(f"model {m}"), executor=executor, plugins=args.plugin,
-                                 on_progress=on_progress)
+                                 on_progress=on_progress, zoo_dir=args.zoo)
         written = profiles.write_reports(store, args.out)
     print(f"{len(grid.results)} cells in {time.perf_counter() - start:.0f}s ({args.executor} executor); wrote "
           + ", ".join(map(str, written)))
@@ -298,7 +324,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise ValueError("--arch and --dataset only apply to --checkpoint; a zoo name already fixes them")
         lm = zoo.load(args.model)
     else:
-        lm = zoo.load_checkpoint(args.checkpoint, arch=args.arch, dataset=args.dataset)
+        lm = zoo.load_checkpoint(args.checkpoint, arch=args.arch, dataset=args.dataset, sha256=args.sha256)
     split = data.load(lm.dataset, "test", data_dir=args.data_dir)
     detector = any(isinstance(d, Detector) for d in defenses)
     calibration = data.load(lm.dataset, "train", data_dir=args.data_dir) if detector else None
@@ -449,7 +475,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         raise ValueError("--format html writes a site (index.html, one page per model, images): give it --out DIR")
     with _store(args.store) as store:
         for f in args.imports:
-            print(f"imported {f} as {site.import_robustbench(store, Path(f))[:12]}", file=sys.stderr)
+            print(f"imported {f} as {site.import_robustbench(store, Path(f), threat=args.threat)[:12]}", file=sys.stderr)
         if args.out:
             for path in write_reports(store, args.out, headline_eps=args.eps):
                 print(path)
@@ -522,6 +548,36 @@ def cmd_conformance(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_zoo(args: argparse.Namespace) -> int:
+    from . import bundle, fetch
+
+    if args.zoo_cmd == "fetch":
+        print(fetch.fetch(args.source, args.sha256))
+        return 0
+    if args.zoo_cmd == "export":
+        if args.profile:
+            from . import profiles
+
+            args.names = [*args.names, *profiles.get(args.profile).models]
+        if args.artifacts:
+            with _store(args.store) as store:
+                b = bundle.export(args.names, args.out, store=store, artifacts=args.artifacts)
+        else:
+            b = bundle.export(args.names, args.out)
+        size = sum(f["bytes"] for f in b.manifest["files"].values())
+        print(f"wrote {b.path}: {len(b.entries)} entries, {size / 1e6:.1f} MB, manifest sha256 {b.manifest['sha256'][:16]}...")
+        return 0
+    b = bundle.read(args.bundle)  # every file checked before anything is installed
+    if any(e.kind == "artifact" for e in b.entries):
+        with _store(args.store) as store:
+            done = bundle.install(b, store=store, replace=args.replace)
+    else:
+        done = bundle.install(b, replace=args.replace)
+    print(f"imported {b.path}: installed {', '.join(done['installed']) or 'nothing'}"
+          + (f"; already present with the same weights: {', '.join(done['kept'])}" if done["kept"] else ""))
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from . import specs, zoo
     from .registry import ATTACKS, DEFENSES, EXPERIMENTS, GENERATIVE, MODELS, RECIPES
@@ -566,7 +622,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     handlers = {"run": cmd_run, "train": cmd_train, "train-generative": cmd_train_generative, "eval": cmd_eval, "experiment": cmd_experiment,
                 "leaderboard": cmd_leaderboard, "list": cmd_list, "conformance": cmd_conformance,
-                "check": cmd_check, "verify": cmd_verify}
+                "check": cmd_check, "verify": cmd_verify, "zoo": cmd_zoo}
     try:
         args.plugins_loaded = load_all(getattr(args, "plugin", None))
         return handlers[args.cmd](args)

@@ -155,7 +155,7 @@ class EvalResult:
 
     def to_json(self) -> dict[str, Any]:
         """The ``rbl eval --json`` object."""
-        return {"model": self.model, "defense": self.defense, "mode": self.mode, "attacks": list(self.attacks), "norm": self.norm,
+        return {"key": self.key, "model": self.model, "weights_sha256": self.weights_sha256, "defense": self.defense, "mode": self.mode, "attacks": list(self.attacks), "norm": self.norm,
                 "eps": self.eps, "n": self.n, "clean_acc": self.clean_acc, "robust_acc": self.robust_acc,
                 "robust_acc_ci": list(self.robust_acc_ci), "clean_top5": self.clean_top5,
                 "robust_top5": self.robust_top5, "seconds": self.seconds,

@@ -57,7 +57,8 @@ def _zoo(archs: tuple[str, ...], recipes: tuple[str, ...], dataset: str = "fmnis
 PROFILES = {
     "quick": Profile(
         "quick",
-        models=_zoo(("smallcnn", "resnet10t"), ("standard", "fast_at")),
+        # Small enough to ship with the published board (reports/zoo, 0.7-1.5 MB per model).
+        models=_zoo(("smallcnn", "test_resnet"), ("standard", "fast_at")),
         attacks=("fgsm", "bim", "pgd", "illc"),
         n=500,  # what `make run` evaluates, training included (its wall time: README)
     ),
@@ -102,21 +103,38 @@ def tasks(profile: Profile, models: dict[str, LoadedModel], test: data_mod.Split
 
 def run_grid(profile: Profile, store: Store, *, data_dir: str | None = None, progress: bool = False,
              on_model: Callable[[str], Any] | None = None, executor: Executor | None = None,
-             plugins: Sequence[str | Path] = (), on_progress: Callable[[Progress, Any], Any] | None = None) -> Grid:
+             plugins: Sequence[str | Path] = (), on_progress: Callable[[Progress, Any], Any] | None = None,
+             zoo_dir: str | Path | None = None) -> Grid:
     """Train what is missing (here, one model after another), evaluate every (model, attack, eps)
     cell with ``executor`` (default: in this process), then store the per-example worst case
     over the attacks. Cells already in the store are read, not recomputed; a (model, eps) with a
-    failed attack gets no worst case (it would overstate robustness)."""
+    failed attack gets no worst case (it would overstate robustness).
+
+    With ``zoo_dir`` (a bundle, :mod:`robustbench_lite.bundle`) the models are the bundle's,
+    verified, and nothing is trained or read from the cache."""
     from .plugins import load_all
 
     load_all([str(p) for p in plugins])  # here, for planning and the local executor; shipped by content to Ray
+    shipped = None
+    if zoo_dir is not None:
+        from . import bundle
+
+        shipped = bundle.read(Path(zoo_dir))
+        missing = [m for m in profile.models if m not in {e.name for e in shipped.models("zoo")}]
+        if missing:
+            raise bundle.BundleError(f"the bundle {zoo_dir} lacks {', '.join(missing)} of profile {profile.name!r}; "
+                                     f"it holds {', '.join(e.name for e in shipped.models('zoo')) or 'no zoo model'} "
+                                     f"(select with --models, or run without --zoo to train)")
     test = data_mod.load(profile.dataset, "test", data_dir=data_dir)
     models: dict[str, LoadedModel] = {}
     for name in profile.models:
         if on_model:
             on_model(name)
+        if shipped is not None:
+            models[name] = dataclasses.replace(zoo.load_checkpoint(shipped.model_dir(name)), source=name)
+            continue
         arch, dataset, recipe = zoo.parse_name(name)
-        if not zoo.is_trained(name):
+        if not zoo.is_trained(name) and not zoo.fetchable(name):
             _log.info("training %s", name)
             train(TrainConfig(arch=arch, dataset=dataset, recipe=recipe), data_dir=data_dir, progress=progress)
         models[name] = zoo.load(name)

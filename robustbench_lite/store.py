@@ -294,11 +294,22 @@ class Store:
 
         blob = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
         text = json.dumps(meta, sort_keys=True, default=str)
-        key = hashlib.sha256(kind.encode() + text.encode() + blob).hexdigest()
-        with self._db:
-            self._db.execute("INSERT OR IGNORE INTO artifacts (key, kind, meta, tensors) VALUES (?, ?, ?, ?)",
-                             (key, kind, text, blob))
+        key = artifact_key(kind, text, blob)
+        self.put_raw_artifacts([(key, kind, text, blob)])
         return key
+
+    def raw_artifacts(self) -> list[tuple[str, str, str, bytes]]:
+        """(key, kind, meta text, tensors blob) of every artifact, as stored (what a bundle carries)."""
+        return [tuple(r) for r in self._db.execute("SELECT key, kind, meta, tensors FROM artifacts ORDER BY rowid")]
+
+    def put_raw_artifacts(self, rows: Iterable[tuple[str, str, str, bytes]]) -> None:
+        """Store (key, kind, meta text, blob) rows in one transaction, each checked against its key."""
+        rows = list(rows)
+        for key, kind, text, blob in rows:
+            if artifact_key(kind, text, blob) != key:
+                raise StoreIntegrityError(f"artifact {key[:12]}... does not hash to its key; refusing to store it")
+        with self._db:
+            self._db.executemany("INSERT OR IGNORE INTO artifacts (key, kind, meta, tensors) VALUES (?, ?, ?, ?)", rows)
 
     def artifacts(self, kind: str | None = None) -> list[tuple[str, dict[str, Any], dict[str, "torch.Tensor"]]]:
         """(key, meta, tensors) of every stored artifact of ``kind`` (all kinds if None), in insertion order."""
@@ -307,6 +318,11 @@ class Store:
         sql = "SELECT key, meta, tensors FROM artifacts" + (" WHERE kind = ?" if kind else "") + " ORDER BY rowid"
         rows = self._db.execute(sql, (kind,) if kind else ()).fetchall()
         return [(k, json.loads(m), load(b)) for k, m, b in rows]
+
+
+def artifact_key(kind: str, meta_text: str, blob: bytes) -> str:
+    """An artifact's key: the sha256 of its kind, metadata text and tensors."""
+    return hashlib.sha256(kind.encode() + meta_text.encode() + blob).hexdigest()
 
 
 def _pack(result: EvalResult) -> bytes:

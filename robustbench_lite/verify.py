@@ -230,10 +230,22 @@ class _Context:
     def model(self, name: str, weights: str, arch: str | None, dataset: str, source: str | None) -> zoo.LoadedModel:
         if weights in self._models:
             return self._models[weights]
+        from .fetch import is_remote
+
         tried = []
-        for candidate in self._candidates(name, source):
+        for key in dict.fromkeys(k for k in (source, name) if k and not zoo.is_path(k)):
+            if zoo.fetchable(key) and not zoo.is_trained(key):  # a card naming where its weights are
+                try:
+                    zoo.load(key)
+                except (zoo.CheckpointError, ValueError, FileNotFoundError) as exc:
+                    tried.append(f"{key}'s source ({exc})")
+        remote = [source] if source and is_remote(source) else []
+        for candidate in remote + self._candidates(name, source):
             try:
-                lm = zoo.load_checkpoint(candidate, arch=None if _has_card(candidate) else arch, dataset=dataset)
+                if isinstance(candidate, str):  # a download source: fetched and checked against the cell's weights
+                    lm = zoo.load_checkpoint(candidate, arch=arch, dataset=dataset, sha256=weights)
+                else:
+                    lm = zoo.load_checkpoint(candidate, arch=None if _has_card(candidate) else arch, dataset=dataset)
             except (zoo.CheckpointError, ValueError, FileNotFoundError) as exc:
                 tried.append(f"{candidate} ({exc})")
                 continue
@@ -246,7 +258,9 @@ class _Context:
 
     def _candidates(self, name: str, source: str | None) -> list[Path]:
         out: list[Path] = []
-        if source:
+        from .fetch import is_remote
+
+        if source and not is_remote(source):
             out.append(Path(source) if zoo.is_path(source) else zoo.checkpoint_dir(source))
         out.append(zoo.checkpoint_dir(name))
         for folder in self.folders:

@@ -138,3 +138,91 @@ def test_browser_sorts_the_table_loads_the_images_and_takes_a_screenshot(publish
     shot = Path(os.environ.get("RBL_SCREENSHOT") or out / "leaderboard_screenshot.png").resolve()
     _chromium("--window-size=1500,900", f"--screenshot={shot}", url)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+
+
+# Two files as they are in RobustBench's model_info/cifar10/Linf/ (strings for accuracies, eps "8/255").
+RB_FILES = {
+    "Carmon2019Unlabeled": {"link": "https://arxiv.org/abs/1905.13736", "name": "Unlabeled Data Improves Adversarial Robustness",
+                            "authors": "Yair Carmon, Aditi Raghunathan, Ludwig Schmidt, Percy Liang, John C. Duchi",
+                            "additional_data": True, "number_forward_passes": 1, "dataset": "cifar10", "venue": "NeurIPS 2019",
+                            "architecture": "WideResNet-28-10", "eps": "8/255", "clean_acc": "89.69", "reported": "62.5",
+                            "autoattack_acc": "59.53"},
+    "Standard": {"link": "https://github.com/RobustBench/robustbench/", "name": "Standardly trained model", "authors": "",
+                 "additional_data": False, "number_forward_passes": 1, "dataset": "cifar10", "venue": "N/A",
+                 "architecture": "WideResNet-28-10", "eps": "8/255", "clean_acc": "94.78", "reported": "0.0", "autoattack_acc": "0.0"},
+}
+
+
+def _model_info(root: Path) -> list[Path]:
+    paths = []
+    for name, info in RB_FILES.items():
+        p = root / "model_info" / "cifar10" / "Linf" / f"{name}.json"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(info))
+        paths.append(p)
+    return paths
+
+
+def test_imported_robustbench_entries_are_shown_on_their_board_never_ranked(tmp_path, capsys):
+    store = tmp_path / "s.sqlite"
+    args = [a for p in _model_info(tmp_path) for a in ("--import", str(p))]
+    assert main(["leaderboard", "--store", str(store), *args]) == 0
+    md = capsys.readouterr().out
+    assert "No results" not in md and "# Leaderboard: cifar10 L-inf eps = 8/255" in md
+    line = next(ln for ln in md.splitlines() if "Unlabeled Data Improves" in ln)
+    assert line.startswith("| – |") and "89.7" in line and "**59.5**" in line
+    assert "imported from RobustBench model_info/cifar10/Linf/Carmon2019Unlabeled.json" in line
+    assert main(["leaderboard", "--store", str(store), "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["model"] for r in rows} == {info["name"] for info in RB_FILES.values()}
+    assert all(r["rank"] is None and r["imported"].startswith("RobustBench model_info/cifar10/Linf/") for r in rows)
+    assert {r["eps"] for r in rows} == {8 / 255} and {r["clean_acc"] for r in rows} == {0.8969, 0.9478}
+    # A file outside RobustBench's layout needs its threat model named.
+    loose = tmp_path / "loose.json"
+    loose.write_text(json.dumps(RB_FILES["Standard"]))
+    assert main(["leaderboard", "--store", str(store), "--import", str(loose)]) == 2
+    assert "cannot tell its threat model" in capsys.readouterr().err
+    assert main(["leaderboard", "--store", str(store), "--import", str(loose), "--threat", "L2"]) == 0
+    assert "# Leaderboard: cifar10 L2 eps = 8/255" in capsys.readouterr().out
+
+
+def test_imported_rows_stand_beside_ours_on_the_same_board(published, tmp_path):
+    store, _, _ = published
+    from reports import leaderboard
+
+    info = dict(RB_FILES["Standard"], dataset="fmnist", eps="0.1", name="Someone's FMNIST model")
+    p = tmp_path / "model_info" / "fmnist" / "Linf" / "Someone.json"
+    p.parent.mkdir(parents=True)
+    p.write_text(json.dumps(info))
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "mine.sqlite") as dst:
+        store._db.backup(dst)  # a copy of the open store, write-ahead log included
+    with Store(tmp_path / "mine.sqlite") as mine:
+        site.import_robustbench(mine, p)
+        t = leaderboard.table(mine, 0.1, with_imported=True)
+        md = leaderboard.markdown(mine, 0.1)
+    assert "Someone's FMNIST model" in set(t["model"]) and t["rank"].notna().any()
+    row = t[t["model"] == "Someone's FMNIST model"].iloc[0]
+    assert row["rank"] is None and row["imported"]
+    assert md.count("# Leaderboard: fmnist L-inf eps = 0.1") == 1 and "Someone's FMNIST model" in md
+
+
+def test_our_robustbench_export_imports_back_losslessly(published, tmp_path):
+    store, _, _ = published
+    first = sorted(site.write_robustbench(store, tmp_path / "ours"))
+    assert first and all(p.parent.name == "Linf" for p in first)  # RobustBench's layout: the threat is the folder
+    with Store(tmp_path / "rt.sqlite") as rt:
+        for p in first:
+            site.import_robustbench(rt, p)
+        again = sorted(site.write_imported(rt, tmp_path / "again"))
+    assert [p.relative_to(tmp_path / "again") for p in again] == [p.relative_to(tmp_path / "ours") for p in first]
+    for a, b in zip(first, again):
+        assert json.loads(a.read_text()) == json.loads(b.read_text())
+    # And RobustBench's own files survive the same trip.
+    with Store(tmp_path / "rb.sqlite") as rb:
+        for p in _model_info(tmp_path / "in"):
+            site.import_robustbench(rb, p)
+        out = site.write_imported(rb, tmp_path / "out")
+    assert sorted(json.loads(p.read_text())["name"] for p in out) == sorted(i["name"] for i in RB_FILES.values())
+    assert all(json.loads(p.read_text()) == RB_FILES[p.stem] for p in out)

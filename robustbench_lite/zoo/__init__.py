@@ -71,10 +71,38 @@ def load_card(name: str) -> ModelCard:
     return ModelCard.from_json(checkpoint_dir(name) / CARD)
 
 
+def fetchable(name: str) -> bool:
+    """Whether the zoo holds ``name``'s card alone, naming where its weights are downloaded from."""
+    card = checkpoint_dir(name) / CARD
+    try:
+        return card.is_file() and bool(ModelCard.from_json(card).source)
+    except CheckpointError:
+        return False
+
+
+def _fetch_weights(name: str) -> None:
+    """Download the weights a card-only zoo entry names (its ``source`` and ``weights_sha256``)
+    and put them beside the card, atomically; the download is checked before it is placed."""
+    import os
+    import shutil
+
+    from ..fetch import fetch
+
+    d = checkpoint_dir(name)
+    card = ModelCard.from_json(d / CARD)
+    got = fetch(card.source, card.weights_sha256)
+    tmp = d / f".{WEIGHTS}.tmp"
+    shutil.copyfile(got, tmp)
+    os.replace(tmp, d / WEIGHTS)
+
+
 def load(name: str) -> LoadedModel:
-    """Load a trained zoo model, verifying its weights against the card's sha256."""
+    """Load a trained zoo model, verifying its weights against the card's sha256 (downloading them
+    first when the zoo holds only a card that names their source)."""
     arch, dataset, recipe = parse_name(name)
     d = checkpoint_dir(name)
+    if not is_trained(name) and fetchable(name):
+        _fetch_weights(name)
     if not is_trained(name):
         raise ModelNotTrainedError(
             f"zoo model {name!r} has no checkpoint in {d}; train it with "
@@ -83,8 +111,10 @@ def load(name: str) -> LoadedModel:
 
 
 def is_path(source: str) -> bool:
-    """Whether ``source`` names a checkpoint on disk rather than a zoo model."""
-    return source.endswith((".safetensors", ".pt")) or Path(source).is_dir()
+    """Whether ``source`` names a checkpoint (on disk, or a download source) rather than a zoo model."""
+    from ..fetch import is_remote
+
+    return is_remote(source) or source.endswith((".safetensors", ".pt")) or Path(source).is_dir()
 
 
 def load_any(source: str) -> LoadedModel:
@@ -92,9 +122,21 @@ def load_any(source: str) -> LoadedModel:
     return load_checkpoint(source) if is_path(source) else load(source)
 
 
-def load_checkpoint(path: str | Path, arch: str | None = None, dataset: str | None = None) -> LoadedModel:
+def load_checkpoint(path: str | Path, arch: str | None = None, dataset: str | None = None,
+                    sha256: str | None = None) -> LoadedModel:
     """Load a user's checkpoint: a zoo folder, a ``.safetensors`` with its card, or a plain
-    state dict (``.pt``/``.safetensors``) with ``arch`` and ``dataset`` given."""
+    state dict (``.pt``/``.safetensors``) with ``arch`` and ``dataset`` given. ``path`` may be a
+    download source (``https://...``, ``hf-hub:org/name``), fetched and checked against ``sha256``
+    before it is read; such a model's source stays the URL, so ``rbl verify`` fetches it again."""
+    from ..fetch import fetch, is_remote
+
+    if isinstance(path, str) and is_remote(path):
+        if not sha256:
+            raise CheckpointError(f"a downloaded checkpoint needs its sha256 (--sha256); got none for {path}")
+        if arch is None or dataset is None:
+            raise CheckpointError(f"checkpoint {path} is downloaded without a model card; pass --arch and --dataset")
+        local = fetch(path, sha256)
+        return dataclasses.replace(load_checkpoint(local, arch=arch, dataset=dataset), name=Path(local).stem, source=path)
     path = Path(path)
     if path.is_dir():
         path = path / WEIGHTS
@@ -128,4 +170,4 @@ def builder(arch: str) -> Any:
 
 
 __all__ = ["CheckpointError", "LoadedModel", "ModelCard", "ModelNotTrainedError", "Normalized", "build", "builder",
-           "checkpoint_dir", "is_trained", "load", "load_card", "trained", "load_checkpoint", "parse_name", "save", "zoo_name"]
+           "checkpoint_dir", "fetchable", "is_trained", "load", "load_card", "trained", "load_checkpoint", "parse_name", "save", "zoo_name"]

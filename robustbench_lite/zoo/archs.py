@@ -61,6 +61,13 @@ def resnet10t(info: DatasetInfo, pretrained: str | None = None) -> nn.Module:
     return _timm("resnet10t", info, pretrained)
 
 
+@MODELS.register("test_resnet", family="ResNet (timm)", epochs=3, lr=2e-3)
+def test_resnet(info: DatasetInfo, pretrained: str | None = None) -> nn.Module:
+    """timm's ``test_resnet``: timm's ResNet code at test size (0.37M parameters, 1.5 MB of weights),
+    the quick profile's ResNet: small enough to train in minutes and to ship with the leaderboard."""
+    return _timm("test_resnet", info, pretrained)
+
+
 @MODELS.register("mobilenetv3_small_050", family="mobile CNN (timm)", epochs=3, lr=4e-3)
 def mobilenetv3_small_050(info: DatasetInfo, pretrained: str | None = None) -> nn.Module:
     """MobileNetV3-Small x0.5 from timm (Howard et al., 2019, arXiv:1905.02244), 0.6M parameters."""

@@ -41,6 +41,7 @@ class ModelCard:
     train_seconds: float = 0.0
     curves: list[dict[str, float]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    source: str = ""  # where the weights are downloaded from (https://... or hf-hub:...), if not shipped
 
     @classmethod
     def from_json(cls, path: Path) -> "ModelCard":
