@@ -120,3 +120,34 @@ def test_cli_export_and_import_exit_codes(trained, tmp_path, monkeypatch, capsys
     assert main(["zoo", "import", str(out)]) == 2
     err = capsys.readouterr().err
     assert "model.safetensors is corrupt" in err and not zoo.is_trained(trained.name)
+
+
+def test_a_profile_runs_on_a_shipped_zoo_without_training_and_gets_the_same_cells(exported, trained, tmp_path, monkeypatch):
+    from robustbench_lite import profiles
+
+    b, _ = exported
+    prof = profiles.Profile("tiny", models=(trained.name,), attacks=("fgsm", "bim"), eps=(0.0, 0.1), n=50, checks=False)
+    with Store(tmp_path / "here.sqlite") as store:
+        here = profiles.run(prof, store)
+    cache = _fresh_cache(tmp_path, monkeypatch)
+    monkeypatch.setattr(profiles, "train", lambda *a, **k: pytest.fail("a run on a shipped zoo must not train"))
+    with Store(tmp_path / "there.sqlite") as store:
+        there = profiles.run(prof, store, zoo_dir=b.path)
+    assert [(r.key, r.robust.tolist()) for r in there] == [(r.key, r.robust.tolist()) for r in here]
+    assert not (cache / "zoo").exists()  # read from the bundle, not installed
+    other = profiles.Profile("tiny", models=(trained.name, "smallcnn-fmnist-fast_at"), attacks=("fgsm",), eps=(0.1,), n=50)
+    with Store(tmp_path / "x.sqlite") as store, pytest.raises(BundleError, match="lacks smallcnn-fmnist-fast_at of profile 'tiny'"):
+        profiles.run(other, store, zoo_dir=b.path)
+
+
+def test_the_published_quick_board_verifies_on_this_machine_from_its_shipped_zoo(tmp_path, monkeypatch, capsys):
+    """What the README promises a newcomer: import reports/zoo, verify reports/results.sqlite. Run
+    here on a sample of its rows, on whatever machine runs the suite (CI's is not the one that
+    published it)."""
+    root = Path(__file__).resolve().parents[1] / "reports"
+    _fresh_cache(tmp_path, monkeypatch)
+    shutil.copyfile(root / "results.sqlite", tmp_path / "published.sqlite")  # verify reads; a copy keeps the file as shipped
+    assert main(["zoo", "import", str(root / "zoo")]) == 0
+    assert main(["verify", "--store", str(tmp_path / "published.sqlite"), "--sample", "6", "--seed", "0", "--json"]) == 0
+    outcomes = [json.loads(ln) for ln in capsys.readouterr().out.splitlines() if ln.startswith("{")]
+    assert len(outcomes) == 6 and {o["status"] for o in outcomes} == {"identical"}, outcomes
