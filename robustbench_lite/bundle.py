@@ -246,8 +246,8 @@ def _installed_sha(kind: str, name: str) -> str | None:
     from . import generative, zoo
 
     d = zoo.checkpoint_dir(name) if kind == "zoo" else generative.checkpoint_dir(name)
-    if not (d / CARD).is_file():
-        return None
+    if not (d / CARD).is_file() or not (d / WEIGHTS).is_file():
+        return None  # nothing there, or a card alone (its weights still to download): the bundle's are installed
     try:
         return json.loads((d / CARD).read_text()).get("weights_sha256") or "?"
     except (OSError, json.JSONDecodeError):

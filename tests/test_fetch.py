@@ -215,3 +215,33 @@ def test_a_remote_checkpoint_is_evaluated_and_verified_from_its_url(server, cach
     assert rc == 2 and "drive.pt served an HTML" in capsys.readouterr().err
     rc = main(["eval", "--checkpoint", url, *args])
     assert rc == 2 and "needs its sha256 (--sha256)" in capsys.readouterr().err
+
+
+def test_a_zoo_card_naming_a_source_is_fetched_on_first_use_and_never_trained(server, cache, trained, monkeypatch):
+    import dataclasses
+
+    from safetensors.torch import save
+
+    from robustbench_lite import profiles, zoo
+
+    body = save({k: v.contiguous() for k, v in trained.model.state_dict().items()})
+    sha = hashlib.sha256(body).hexdigest()
+    _Handler.files["/zoo/smallcnn.safetensors"] = body
+    folder = zoo.checkpoint_dir(trained.name)
+    folder.mkdir(parents=True)
+    card = dataclasses.replace(trained.card, weights_sha256=sha, source=f"{server}/zoo/smallcnn.safetensors")
+    (folder / "card.json").write_text(json.dumps(dataclasses.asdict(card)))
+    assert zoo.fetchable(trained.name) and not zoo.is_trained(trained.name)
+    monkeypatch.setattr(profiles, "train", lambda *a, **k: pytest.fail("a card with a source must not be retrained"))
+    lm = zoo.load(trained.name)
+    assert lm.weights_sha256 == sha and zoo.is_trained(trained.name)
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.equal(lm.model(x), trained.model(x))
+    # A card whose source serves other bytes is refused, and leaves no weights beside the card.
+    (folder / "model.safetensors").unlink()
+    _Handler.files["/zoo/smallcnn.safetensors"] = body[:-8] + b"\0" * 8
+    for p in (cache / "downloads").rglob("*.safetensors"):
+        p.unlink()
+    with pytest.raises(FetchError, match="sha256 mismatch"):
+        zoo.load(trained.name)
+    assert not (folder / "model.safetensors").exists()
