@@ -245,3 +245,15 @@ def test_a_zoo_card_naming_a_source_is_fetched_on_first_use_and_never_trained(se
     with pytest.raises(FetchError, match="sha256 mismatch"):
         zoo.load(trained.name)
     assert not (folder / "model.safetensors").exists()
+
+
+def test_rbl_zoo_fetch_prints_the_cached_path_and_exits_2_on_a_bad_file(server, cache, capsys, monkeypatch):
+    assert main(["zoo", "fetch", f"{server}/good.safetensors", "--sha256", SHA]) == 0
+    path = Path(capsys.readouterr().out.strip())
+    assert path.read_bytes() == GOOD
+    assert main(["zoo", "fetch", f"{server}/truncated.safetensors", "--sha256", SHA]) == 2
+    assert "truncated.safetensors" in capsys.readouterr().err
+    monkeypatch.setenv("RBL_OFFLINE", "1")
+    assert main(["zoo", "fetch", f"{server}/good.safetensors", "--sha256", SHA]) == 0  # cached: no network needed
+    assert main(["zoo", "fetch", f"{server}/slow.safetensors", "--sha256", SHA]) == 2
+    assert "RBL_OFFLINE=1" in capsys.readouterr().err
