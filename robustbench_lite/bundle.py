@@ -242,10 +242,15 @@ def read(path: Path) -> Bundle:
 # --- importing ---------------------------------------------------------------------------
 
 
-def _installed_sha(kind: str, name: str) -> str | None:
+def _cache_dir(kind: str, name: str) -> Path:
+    """Where a model of ``kind`` ("zoo" or "generative") named ``name`` lives in the cache."""
     from . import generative, zoo
 
-    d = zoo.checkpoint_dir(name) if kind == "zoo" else generative.checkpoint_dir(name)
+    return zoo.checkpoint_dir(name) if kind == "zoo" else generative.checkpoint_dir(name)
+
+
+def _installed_sha(kind: str, name: str) -> str | None:
+    d = _cache_dir(kind, name)
     if not (d / CARD).is_file() or not (d / WEIGHTS).is_file():
         return None  # nothing there, or a card alone (its weights still to download): the bundle's are installed
     try:
@@ -258,8 +263,6 @@ def install(bundle: Bundle, *, store: Any = None, replace: bool = False) -> dict
     """Install a verified bundle: models into the cache, artifacts into ``store`` (required when the
     bundle holds any). A model already in the cache with the same weights is kept; one with other
     weights is an error unless ``replace``. Returns {"installed": [...], "kept": [...]}."""
-    from . import generative, zoo
-
     arts = [e for e in bundle.entries if e.kind == "artifact"]
     if arts and store is None:
         raise BundleError(f"bundle {bundle.path} holds artifacts; importing them needs a store")
@@ -274,7 +277,7 @@ def install(bundle: Bundle, *, store: Any = None, replace: bool = False) -> dict
         if have is not None and not replace:
             raise BundleError(f"the cache already holds {e.kind} model {e.name!r} with other weights ({have[:12]}... , "
                               f"the bundle's are {e.weights_sha256[:12]}...); pass --replace to overwrite it")
-        plan.append((e, zoo.checkpoint_dir(e.name) if e.kind == "zoo" else generative.checkpoint_dir(e.name)))
+        plan.append((e, _cache_dir(e.kind, e.name)))
     done: list[tuple[Path, Path | None]] = []  # (installed folder, the folder it displaced)
     try:
         for e, dst in plan:

@@ -120,10 +120,11 @@ def run_grid(profile: Profile, store: Store, *, data_dir: str | None = None, pro
         from . import bundle
 
         shipped = bundle.read(Path(zoo_dir))
-        missing = [m for m in profile.models if m not in {e.name for e in shipped.models("zoo")}]
+        held = [e.name for e in shipped.models("zoo")]
+        missing = [m for m in profile.models if m not in held]
         if missing:
             raise bundle.BundleError(f"the bundle {zoo_dir} lacks {', '.join(missing)} of profile {profile.name!r}; "
-                                     f"it holds {', '.join(e.name for e in shipped.models('zoo')) or 'no zoo model'} "
+                                     f"it holds {', '.join(held) or 'no zoo model'} "
                                      f"(select with --models, or run without --zoo to train)")
     test = data_mod.load(profile.dataset, "test", data_dir=data_dir)
     models: dict[str, LoadedModel] = {}

@@ -46,6 +46,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _rest(self, start: int) -> None:
+        """The good file from byte ``start`` on, as a 206 answer to a range request."""
+        self._send(GOOD[start:], status=206, extra={"Content-Range": f"bytes {start}-{len(GOOD) - 1}/{len(GOOD)}"})
+
     def do_GET(self):
         rng = self.headers.get("Range")
         type(self).hits.append((self.path, rng))
@@ -53,8 +57,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         start = int(rng.split("=")[1].split("-")[0]) if rng else 0
         if path == "/good.safetensors":
             if start:
-                return self._send(GOOD[start:], status=206,
-                                  extra={"Content-Range": f"bytes {start}-{len(GOOD) - 1}/{len(GOOD)}"})
+                return self._rest(start)
             return self._send(GOOD)
         if path == "/truncated.safetensors":  # promises the whole file, sends half, hangs up
             return self._send(GOOD[: len(GOOD) // 2], length=len(GOOD))
@@ -66,8 +69,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._send(b"not found", ctype="text/plain", status=404)
         if path == "/slow.safetensors":  # the first part at once, then a stall longer than the client's timeout
             if start:
-                return self._send(GOOD[start:], status=206,
-                                  extra={"Content-Range": f"bytes {start}-{len(GOOD) - 1}/{len(GOOD)}"})
+                return self._rest(start)
             self.send_response(200)
             self.send_header("Content-Length", str(len(GOOD)))
             self.end_headers()
