@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import fingerprint, specs
+from . import fingerprint, numerics, specs
 from .attack import Attack, check_int, eval_mode, live, without_early_stop
 from .cell import CellConfig, ModelId, checks_config, checks_random_key, digest, model_id, worst_case_config
 from .checks import CheckConfig, Probe, Verdict
@@ -520,7 +520,7 @@ def _plan(model: LoadedModel | nn.Module, data: Split, attacks: Sequence[str | A
                   eot=eot if random_defense and mode in ADAPTIVE_MODES else 1, votes=votes if random_defense else 1,
                   calibration=calibration_id, seed=seed, batch_size=None if invariant else batch_size,
                   device=device.type, dtype="float32", engine_sha256=engine.sha256,
-                  versions={"python": platform.python_version(), **dict(sorted(versions.items()))})
+                  versions={"python": platform.python_version(), **dict(sorted((versions | numerics.environment()).items()))})
     configs = tuple(CellConfig(eps=t.eps, **common) for t in threats)  # type: ignore[arg-type]
     return _Plan(lm, identity, subset, threats, attack_names, tuple(attack_objs), pre, detector, calib, configs)
 

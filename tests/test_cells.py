@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import sqlite3
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from robustbench_lite import cell, fingerprint, specs, zoo
+from robustbench_lite import cell, fingerprint, zoo
 from robustbench_lite.attack import Attack
 from robustbench_lite.cell import CellConfig, ModelId
 from robustbench_lite.checks import CheckConfig
@@ -168,6 +169,24 @@ def test_key_changes_with_every_config_field(trained, fmnist_test):
         keys.add(CellConfig.from_dict(changed).key)
     assert len(keys) == len(paths) + 1
 
+
+
+def test_the_cpus_numeric_code_paths_are_pinned_and_in_the_key(trained, fmnist_test, monkeypatch):
+    # MKL's branch is pinned on import unless the user chose one; either way the cell records it,
+    # and the vector width torch runs at, so a cell computed on another code path is another cell.
+    code = "import os, robustbench_lite; print(os.environ['MKL_CBWR'])"
+    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+    pinned = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert pinned.stdout.strip() == "AVX2"
+    chosen = subprocess.run([sys.executable, "-c", code], env=env | {"MKL_CBWR": "COMPATIBLE"}, capture_output=True,
+                            text=True, check=True)
+    assert chosen.stdout.strip() == "COMPATIBLE"
+    config = cell_configs(trained, fmnist_test, ["fgsm"], [0.1], n=20)[0]
+    assert config.versions["mkl_cbwr"] == os.environ["MKL_CBWR"]
+    assert config.versions["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    monkeypatch.setenv("MKL_CBWR", "COMPATIBLE" if config.versions["mkl_cbwr"] != "COMPATIBLE" else "AVX2")
+    other = cell_configs(trained, fmnist_test, ["fgsm"], [0.1], n=20)[0]
+    assert other.key != config.key and other.random_key == config.random_key  # another cell, the same draws
 
 def test_the_same_weights_under_two_architectures_are_two_cells(trained, fmnist_test, tmp_path, capsys):
     # One state dict, two forward passes: the zoo's small CNN and a plugin architecture with the
