@@ -49,12 +49,15 @@ def execute(experiment: Experiment, models: Sequence[LoadedModel], train: Split,
     torch.manual_seed(seed)
     outcomes = experiment.run(models, train, test, seed=seed)
     shas = {lm.name: lm.weights_sha256 for lm in models}
+    # What re-running it takes (``rbl verify``): every model of the run, in order, and both splits.
+    run = [{"name": lm.name, "weights_sha256": lm.weights_sha256, "arch": lm.arch, "source": lm.source} for lm in models]
     out = []
     for o in outcomes:
         key = None
         if store is not None:
             meta = {"model": o.model, "dataset": test.dataset, "weights_sha256": shas.get(o.model), "config": experiment.config(),
-                    "metrics": o.metrics, "seed": seed, "test_sha256": test.sha256(), "version": __version__}
+                    "metrics": o.metrics, "seed": seed, "test_sha256": test.sha256(), "version": __version__,
+                    "models": run, "train_sha256": train.sha256()}
             key = store.put_artifact(experiment.config()["experiment"], meta, o.tensors)
         out.append((o, key))
     return out

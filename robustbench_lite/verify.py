@@ -10,6 +10,10 @@ is re-run from what its old config holds.
 Each stored set of gradient-masking verdicts is re-run from its own config too: every check's
 pass or fail must be as stored (and its value, to float rounding).
 
+Each run of an experiment (``rbl experiment``; its outputs are artifacts) is re-run from what
+its artifacts record (the experiment's config, every model of the run by weights, the seed and
+both splits by sha256): every metric and every tensor must be as stored, one row per artifact.
+
 Each cell ends ``identical`` (every robust and top-5 bit, and every accuracy, as stored),
 ``MISMATCH`` (what differs, and how many points), or ``unavailable`` (what is missing to re-run
 it: weights, data, a plugin); a row the store refuses (``StoreIntegrityError``) is a mismatch.
@@ -26,12 +30,13 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import torch
 
 from . import data as data_mod
 from . import specs, zoo
 from .cell import SCHEMA, CellConfig, digest
 from .engine import EvalResult, cell_configs, evaluate
-from .registry import ATTACKS, DEFENSES
+from .registry import ATTACKS, DEFENSES, EXPERIMENTS
 from .store import Store, StoreIntegrityError, _checked, _result
 
 IDENTICAL, MISMATCH, UNAVAILABLE = "identical", "MISMATCH", "unavailable"
@@ -63,7 +68,8 @@ class _Unavailable(Exception):
 def verify(store: Store, *, sample: int | None = None, seed: int = 0, data_dir: str | None = None,
            models: Sequence[str | Path] = (), on_outcome: Callable[[Outcome], Any] | None = None) -> list[Outcome]:
     """Re-run ``sample`` stored rows (all by default), chosen with ``seed``; see the module docstring."""
-    rows: list[tuple[Any, ...]] = [("cell", *r) for r in store.raw()] + [("checks", *r) for r in store.raw_checks()]
+    rows: list[tuple[Any, ...]] = ([("cell", *r) for r in store.raw()] + [("checks", *r) for r in store.raw_checks()]
+                                   + [("experiment", run) for run in _experiment_runs(store)])
     if sample is not None:
         if sample <= 0:
             raise ValueError(f"--sample must be a positive integer, got {sample}")
@@ -71,10 +77,65 @@ def verify(store: Store, *, sample: int | None = None, seed: int = 0, data_dir: 
     ctx = _Context(store, data_dir, [Path(m) for m in models])
     out = []
     for kind, *row in rows:
-        outcome = _one(ctx, *row) if kind == "cell" else _verdicts(ctx, *row)
-        out.append(outcome)
-        if on_outcome:
-            on_outcome(outcome)
+        outcomes = _experiment(ctx, *row) if kind == "experiment" else [
+            _one(ctx, *row) if kind == "cell" else _verdicts(ctx, *row)]
+        for outcome in outcomes:
+            out.append(outcome)
+            if on_outcome:
+                on_outcome(outcome)
+    return out
+
+
+def _experiment_runs(store: Store) -> list[list[tuple[str, str, dict[str, Any]]]]:
+    """The stored experiment artifacts, grouped by the run that made them: (key, kind, meta) each."""
+    runs: dict[str, list[tuple[str, str, dict[str, Any]]]] = {}
+    for key, kind, text, _ in store.raw_artifacts():
+        if kind not in EXPERIMENTS:
+            continue  # a trained generator or a generative model's samples: an input, addressed by its content
+        meta = json.loads(text)
+        run = {k: meta.get(k) for k in ("config", "models", "seed", "dataset", "test_sha256", "train_sha256")}
+        runs.setdefault(json.dumps(run, sort_keys=True) if meta.get("models") else key, []).append((key, kind, meta))
+    return list(runs.values())
+
+
+def _experiment(ctx: "_Context", run: list[tuple[str, str, dict[str, Any]]]) -> list[Outcome]:
+    """One experiment run, re-run from its artifacts' metadata: an outcome per artifact."""
+    from .experiment import execute
+
+    def outcome(key: str, meta: dict[str, Any], status: str, note: str) -> Outcome:
+        config = meta.get("config", {})
+        return Outcome(key=key, kind="experiment", label=f"{meta.get('model')} / {config.get('experiment', '?')}",
+                       eps=config.get("eps"), n=config.get("n"), stored=None, recomputed=None, status=status, note=note)
+
+    first = run[0][2]
+    try:
+        if not first.get("models"):
+            raise _Unavailable("stored before experiments recorded every model and the training split of their run")
+        experiment = _methods([first["config"]], EXPERIMENTS, "experiment")[0]
+        models = [ctx.model(m["name"], m["weights_sha256"], m.get("arch"), first["dataset"], m.get("source"))
+                  for m in first["models"]]
+        splits = {s: ctx.split(first["dataset"], s) for s in ("train", "test")}
+        for s, split in splits.items():
+            if split.sha256() != first[f"{s}_sha256"]:
+                raise _Unavailable(f"the {first['dataset']}/{s} split here is not the one the experiment ran on")
+        fresh = {o.model: o for o, _ in execute(experiment, models, splits["train"], splits["test"], seed=first["seed"])}
+    except _Unavailable as exc:
+        return [outcome(key, meta, UNAVAILABLE, str(exc)) for key, _, meta in run]
+    tensors = {key: t for key, _, t in ctx.store.artifacts_by_key([key for key, _, _ in run])}
+    out = []
+    for key, _, meta in run:
+        now = fresh.get(meta["model"])
+        if now is None:
+            out.append(outcome(key, meta, MISMATCH, f"the run now gives no outcome for {meta['model']}"))
+            continue
+        metrics = json.loads(json.dumps(now.metrics, sort_keys=True, default=str))
+        diffs = [f"{k}: {meta['metrics'].get(k)!r} stored, {metrics.get(k)!r} now"
+                 for k in sorted(set(metrics) | set(meta["metrics"])) if metrics.get(k) != meta["metrics"].get(k)]
+        stored = tensors[key]
+        diffs += [f"tensor {name} differs" for name in sorted(set(stored) | set(now.tensors))
+                  if name not in stored or name not in now.tensors
+                  or not torch.equal(stored[name], now.tensors[name].detach().cpu())]
+        out.append(outcome(key, meta, MISMATCH if diffs else IDENTICAL, "; ".join(diffs)))
     return out
 
 

@@ -14,7 +14,7 @@ from experiments.universal import craft
 from robustbench_lite.cli import main
 from robustbench_lite.experiment import execute, predictions
 from robustbench_lite.registry import EXPERIMENTS
-from robustbench_lite.store import Store
+from robustbench_lite.store import Store, artifact_key
 from robustbench_lite.threat import Threat
 
 from .conftest import SEED
@@ -107,6 +107,35 @@ def test_experiment_cli(trained, tmp_path, capsys):
     assert "universal: method must be one of deepfool, sgd, got 'magic'" in capsys.readouterr().err
     assert main(["experiment", "unversal", "--models", trained.name]) == 2
     assert "did you mean 'universal'" in capsys.readouterr().err
+
+
+def test_verify_reruns_a_stored_experiment_and_names_what_differs(trained, tmp_path, capsys):
+    store_path = str(tmp_path / "s.sqlite")
+    assert main(["experiment", "universal:method=sgd,n_train=300,n_test=100,passes=1", "--models", trained.name,
+                 "--store", store_path, "--json"]) == 0
+    capsys.readouterr()
+
+    def verified() -> tuple[int, list[dict]]:
+        code = main(["verify", "--store", store_path, "--json"])
+        rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        return code, [r for r in rows if r["kind"] == "experiment"]
+
+    code, rows = verified()
+    assert code == 0 and [r["status"] for r in rows] == ["identical"] and rows[0]["label"] == f"{trained.name} / universal"
+    # An artifact whose recorded metric is not what the run gives (stored under a key that matches it).
+    with Store(store_path) as store:
+        (key, kind, text, blob), = store.raw_artifacts()
+        meta = json.loads(text)
+        meta["metrics"]["fooling_rate"] += 0.01
+        forged = json.dumps(meta, sort_keys=True)
+        store.put_raw_artifacts([(artifact_key(kind, forged, blob), kind, forged, blob)])
+        legacy = {k: v for k, v in meta.items() if k not in ("models", "train_sha256")}
+        old = json.dumps(legacy, sort_keys=True)
+        store.put_raw_artifacts([(artifact_key(kind, old, blob), kind, old, blob)])
+    code, rows = verified()
+    assert code == 1 and [r["status"] for r in rows] == ["identical", "MISMATCH", "unavailable"]
+    assert rows[1]["note"].startswith("fooling_rate: ") and "stored" in rows[1]["note"]
+    assert "stored before experiments recorded every model" in rows[2]["note"]
 
 
 @pytest.mark.parametrize("kw,match", [
