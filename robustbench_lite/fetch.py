@@ -35,6 +35,10 @@ class FetchError(ValueError):
     """A download that failed, was refused, or is not the file its source promised."""
 
 
+class ResumableFetchError(FetchError):
+    """A transfer that broke part-way: its ``.part`` file is kept, and the next try resumes it."""
+
+
 def is_remote(source: str) -> bool:
     return isinstance(source, str) and source.startswith(("https://", "http://", "hf-hub:"))
 
@@ -110,7 +114,7 @@ def fetch(source: str, sha256: str, *, timeout: float = 30.0, retries: int = 2, 
                 _http(source, part, timeout)
                 break
             except FetchError as exc:
-                if not getattr(exc, "resumable", False) or attempt == retries:
+                if not isinstance(exc, ResumableFetchError) or attempt == retries:
                     raise
     got = file_sha256(part)
     try:
@@ -124,12 +128,6 @@ def fetch(source: str, sha256: str, *, timeout: float = 30.0, retries: int = 2, 
         raise
     os.replace(part, dest)
     return dest
-
-
-def _resumable(msg: str) -> FetchError:
-    exc = FetchError(msg)
-    exc.resumable = True  # type: ignore[attr-defined]
-    return exc
 
 
 def _http(url: str, part: Path, timeout: float) -> None:
@@ -166,13 +164,13 @@ def _http(url: str, part: Path, timeout: float) -> None:
                     f.write(chunk)
                     done += len(chunk)
             except (socket.timeout, TimeoutError):
-                raise _resumable(f"{url}: timed out after {timeout:g} s without data ({done} bytes received); "
+                raise ResumableFetchError(f"{url}: timed out after {timeout:g} s without data ({done} bytes received); "
                                  f"the partial file {part} is kept and the next try resumes it") from None
             except (http.client.IncompleteRead, ConnectionError, OSError) as exc:
-                raise _resumable(f"{url}: the transfer broke after {done} bytes ({type(exc).__name__}); "
+                raise ResumableFetchError(f"{url}: the transfer broke after {done} bytes ({type(exc).__name__}); "
                                  f"the partial file {part} is kept and the next try resumes it") from None
     if total is not None and done < total:
-        raise _resumable(f"{url}: truncated: the transfer ended after {done} of {total} bytes; "
+        raise ResumableFetchError(f"{url}: truncated: the transfer ended after {done} of {total} bytes; "
                          f"the partial file {part} is kept and the next try resumes it")
 
 

@@ -44,10 +44,11 @@ from torch import nn
 #: templates, plots, the weights file format (the weights are hashed themselves). Their versions
 #: stay out of a cell's key.
 QUIET = frozenset({"tqdm", "jinja2", "matplotlib", "safetensors"})
-#: This project's modules that compute keys and provenance, never a number: they are not followed,
-#: so that rewording a docstring in them does not re-run every stored cell. A change to what a key
-#: holds changes the keys by itself.
-INERT = frozenset({"robustbench_lite.cell", "robustbench_lite.fingerprint", "robustbench_lite.provenance"})
+#: This project's modules that compute keys and provenance, or fetch bytes that are then checked
+#: against a sha256, never a number: they are not followed, so that rewording a docstring in them
+#: does not re-run every stored cell. A change to what a key holds changes the keys by itself.
+INERT = frozenset({"robustbench_lite.cell", "robustbench_lite.fetch", "robustbench_lite.fingerprint",
+                   "robustbench_lite.provenance"})
 _OWN = "robustbench_lite"
 
 

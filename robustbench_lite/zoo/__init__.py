@@ -72,7 +72,8 @@ def load_card(name: str) -> ModelCard:
 
 
 def fetchable(name: str) -> bool:
-    """Whether the zoo holds ``name``'s card alone, naming where its weights are downloaded from."""
+    """Whether the zoo's card for ``name`` names where its weights are downloaded from (``source``).
+    Callers fetch only where the weights are not there yet (:func:`is_trained`)."""
     card = checkpoint_dir(name) / CARD
     try:
         return card.is_file() and bool(ModelCard.from_json(card).source)
@@ -92,7 +93,11 @@ def _fetch_weights(name: str) -> None:
     card = ModelCard.from_json(d / CARD)
     got = fetch(card.source, card.weights_sha256)
     tmp = d / f".{WEIGHTS}.tmp"
-    shutil.copyfile(got, tmp)
+    tmp.unlink(missing_ok=True)
+    try:  # the verified download, linked (or copied, across file systems) into place: never kept twice
+        os.link(got, tmp)
+    except OSError:
+        shutil.copyfile(got, tmp)
     os.replace(tmp, d / WEIGHTS)
 
 
