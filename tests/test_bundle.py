@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -140,14 +141,22 @@ def test_a_profile_runs_on_a_shipped_zoo_without_training_and_gets_the_same_cell
         profiles.run(other, store, zoo_dir=b.path)
 
 
-def test_the_published_quick_board_verifies_on_this_machine_from_its_shipped_zoo(tmp_path, monkeypatch, capsys):
-    """What the README promises a newcomer: import reports/zoo, verify reports/results.sqlite. Run
-    here on a sample of its rows, on whatever machine runs the suite (CI's is not the one that
-    published it)."""
-    root = Path(__file__).resolve().parents[1] / "reports"
+@pytest.mark.parametrize("folder,sample", [(".", 6), ("full-eps0.1", 3)])
+def test_a_published_board_verifies_on_this_machine_from_its_shipped_zoo(folder, sample, tmp_path, monkeypatch, capsys):
+    """What the README promises a newcomer: import a report's zoo, verify its store. Run here on a
+    sample of its rows, on whatever machine runs the suite (CI's is not the one that published it)."""
+    root = Path(__file__).resolve().parents[1] / "reports" / folder
     _fresh_cache(tmp_path, monkeypatch)
     shutil.copyfile(root / "results.sqlite", tmp_path / "published.sqlite")  # verify reads; a copy keeps the file as shipped
     assert main(["zoo", "import", str(root / "zoo")]) == 0
-    assert main(["verify", "--store", str(tmp_path / "published.sqlite"), "--sample", "6", "--seed", "0", "--json"]) == 0
+    assert main(["verify", "--store", str(tmp_path / "published.sqlite"), "--sample", str(sample), "--seed", "0", "--json"]) == 0
     outcomes = [json.loads(ln) for ln in capsys.readouterr().out.splitlines() if ln.startswith("{")]
-    assert len(outcomes) == 6 and {o["status"] for o in outcomes} == {"identical"}, outcomes
+    assert len(outcomes) == sample and {o["status"] for o in outcomes} == {"identical"}, outcomes
+
+
+def test_the_publish_script_refuses_an_unknown_report_before_touching_anything():
+    script = Path(__file__).resolve().parents[1] / "scripts" / "publish.sh"
+    done = subprocess.run(["bash", str(script), "full", "leaderbord"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "unknown report 'leaderbord': one of quick, full, generative, experiments, robust-features" in done.stderr
+    assert "== full" not in done.stdout  # every name is checked before the first report is touched
