@@ -30,7 +30,7 @@ import json
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -318,15 +318,6 @@ class Store:
         sql = "SELECT key, meta, tensors FROM artifacts" + (" WHERE kind = ?" if kind else "") + " ORDER BY rowid"
         rows = self._db.execute(sql, (kind,) if kind else ()).fetchall()
         return [(k, json.loads(m), load(b)) for k, m, b in rows]
-
-
-    def artifacts_by_key(self, keys: Sequence[str]) -> list[tuple[str, dict[str, Any], dict[str, "torch.Tensor"]]]:
-        """(key, meta, tensors) of the stored artifacts with these keys, in the order given."""
-        from safetensors.torch import load
-
-        rows = {k: (m, b) for k, m, b in self._db.execute(
-            f"SELECT key, meta, tensors FROM artifacts WHERE key IN ({','.join('?' * len(keys))})", tuple(keys))}
-        return [(k, json.loads(rows[k][0]), load(rows[k][1])) for k in keys if k in rows]
 
 
 def artifact_key(kind: str, meta_text: str, blob: bytes) -> str:

@@ -86,20 +86,22 @@ def verify(store: Store, *, sample: int | None = None, seed: int = 0, data_dir: 
     return out
 
 
-def _experiment_runs(store: Store) -> list[list[tuple[str, str, dict[str, Any]]]]:
-    """The stored experiment artifacts, grouped by the run that made them: (key, kind, meta) each."""
-    runs: dict[str, list[tuple[str, str, dict[str, Any]]]] = {}
-    for key, kind, text, _ in store.raw_artifacts():
+def _experiment_runs(store: Store) -> list[list[tuple[str, dict[str, Any], bytes]]]:
+    """The stored experiment artifacts, grouped by the run that made them: (key, meta, tensors blob) each."""
+    runs: dict[str, list[tuple[str, dict[str, Any], bytes]]] = {}
+    for key, kind, text, blob in store.raw_artifacts():
         if kind not in EXPERIMENTS:
             continue  # a trained generator or a generative model's samples: an input, addressed by its content
         meta = json.loads(text)
         run = {k: meta.get(k) for k in ("config", "models", "seed", "dataset", "test_sha256", "train_sha256")}
-        runs.setdefault(json.dumps(run, sort_keys=True) if meta.get("models") else key, []).append((key, kind, meta))
+        runs.setdefault(json.dumps(run, sort_keys=True) if meta.get("models") else key, []).append((key, meta, blob))
     return list(runs.values())
 
 
-def _experiment(ctx: "_Context", run: list[tuple[str, str, dict[str, Any]]]) -> list[Outcome]:
+def _experiment(ctx: "_Context", run: list[tuple[str, dict[str, Any], bytes]]) -> list[Outcome]:
     """One experiment run, re-run from its artifacts' metadata: an outcome per artifact."""
+    from safetensors.torch import load
+
     from .experiment import execute
 
     def outcome(key: str, meta: dict[str, Any], status: str, note: str) -> Outcome:
@@ -107,7 +109,7 @@ def _experiment(ctx: "_Context", run: list[tuple[str, str, dict[str, Any]]]) -> 
         return Outcome(key=key, kind="experiment", label=f"{meta.get('model')} / {config.get('experiment', '?')}",
                        eps=config.get("eps"), n=config.get("n"), stored=None, recomputed=None, status=status, note=note)
 
-    first = run[0][2]
+    first = run[0][1]
     try:
         if not first.get("models"):
             raise _Unavailable("stored before experiments recorded every model and the training split of their run")
@@ -120,10 +122,9 @@ def _experiment(ctx: "_Context", run: list[tuple[str, str, dict[str, Any]]]) -> 
                 raise _Unavailable(f"the {first['dataset']}/{s} split here is not the one the experiment ran on")
         fresh = {o.model: o for o, _ in execute(experiment, models, splits["train"], splits["test"], seed=first["seed"])}
     except _Unavailable as exc:
-        return [outcome(key, meta, UNAVAILABLE, str(exc)) for key, _, meta in run]
-    tensors = {key: t for key, _, t in ctx.store.artifacts_by_key([key for key, _, _ in run])}
+        return [outcome(key, meta, UNAVAILABLE, str(exc)) for key, meta, _ in run]
     out = []
-    for key, _, meta in run:
+    for key, meta, blob in run:
         now = fresh.get(meta["model"])
         if now is None:
             out.append(outcome(key, meta, MISMATCH, f"the run now gives no outcome for {meta['model']}"))
@@ -131,7 +132,7 @@ def _experiment(ctx: "_Context", run: list[tuple[str, str, dict[str, Any]]]) -> 
         metrics = json.loads(json.dumps(now.metrics, sort_keys=True, default=str))
         diffs = [f"{k}: {meta['metrics'].get(k)!r} stored, {metrics.get(k)!r} now"
                  for k in sorted(set(metrics) | set(meta["metrics"])) if metrics.get(k) != meta["metrics"].get(k)]
-        stored = tensors[key]
+        stored = load(blob)
         diffs += [f"tensor {name} differs" for name in sorted(set(stored) | set(now.tensors))
                   if name not in stored or name not in now.tensors
                   or not torch.equal(stored[name], now.tensors[name].detach().cpu())]

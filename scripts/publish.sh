@@ -54,10 +54,10 @@ need_generative() {  # generative models, trained into the report's store (their
     done
 }
 
-ship() {  # the report's bundle: every model and artifact it rests on
+ship() {  # the report's bundle (DIR/zoo), replaced only once the new one is written: ship DIR EXPORT-ARGS...
     local dir=$1; shift
-    rm -rf "$dir/zoo"
-    "$RBL" zoo export "$@" --artifacts all --store "$RBL_STORE" --out "$dir/zoo"
+    rm -rf "$WORK/zoo"
+    "$RBL" zoo export "$@" --out "$WORK/zoo" && rm -rf "$dir/zoo" && mv "$WORK/zoo" "$dir/zoo"
 }
 
 publish_quick() {
@@ -71,7 +71,7 @@ publish_full() {
     say full
     fresh_store "$dir"; import_bundle "$dir"; need_models "${models[@]}"
     "$RBL" run --profile full --models "${models[@]}" --eps 0.1 --out "$dir"
-    "$RBL" zoo export "${models[@]}" --out "$WORK/full" && rm -rf "$dir/zoo" && mv "$WORK/full" "$dir/zoo"
+    ship "$dir" "${models[@]}"
 }
 
 publish_generative() {
@@ -82,7 +82,7 @@ publish_generative() {
     need_generative dae vae gan
     (cd "$WORK" && for part in purify dgan gen; do "$PY" "$ROOT/scripts/adaptive_acceptance.py" "$part"; done)
     "$RBL" leaderboard --out "$dir"
-    ship "$dir" smallcnn-fmnist-standard smallcnn-fmnist-pgd_at dae-fmnist vae-fmnist gan-fmnist
+    ship "$dir" smallcnn-fmnist-standard smallcnn-fmnist-pgd_at dae-fmnist vae-fmnist gan-fmnist --artifacts all --store "$RBL_STORE"
 }
 
 publish_experiments() {
@@ -98,7 +98,7 @@ publish_experiments() {
     "$RBL" experiment transforms:eps=0.1 --models smallcnn-fmnist-standard
     "$RBL" experiment latent --models smallcnn-fmnist-standard
     "$RBL" leaderboard --out "$dir"
-    ship "$dir" smallcnn-fmnist-standard test_resnet-fmnist-standard smallcnn-fmnist-pgd_at vae-fmnist
+    ship "$dir" smallcnn-fmnist-standard test_resnet-fmnist-standard smallcnn-fmnist-pgd_at vae-fmnist --artifacts all --store "$RBL_STORE"
 }
 
 publish_robust_features() {
@@ -115,7 +115,7 @@ publish_robust_features() {
     "$RBL" experiment feature_maps --models reports/robust-features-eps0.1/twins/smallcnn_denoise
     "$RBL" experiment nonrobust:eval_n=10000 --models smallcnn-fmnist-standard smallcnn-fmnist-pgd_at
     "$RBL" leaderboard --out "$dir"
-    ship "$dir" smallcnn-fmnist-standard smallcnn-fmnist-pgd_at
+    ship "$dir" smallcnn-fmnist-standard smallcnn-fmnist-pgd_at --artifacts all --store "$RBL_STORE"
 }
 
 [ $# -gt 0 ] || { sed -n 2,10p "$0"; exit 2; }

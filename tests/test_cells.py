@@ -170,7 +170,6 @@ def test_key_changes_with_every_config_field(trained, fmnist_test):
     assert len(keys) == len(paths) + 1
 
 
-
 def test_the_cpus_numeric_code_paths_are_pinned_and_in_the_key(trained, fmnist_test, monkeypatch):
     # MKL's branch is pinned on import unless the user chose one; either way the cell records it,
     # and the vector width torch runs at, so a cell computed on another code path is another cell.
@@ -187,6 +186,7 @@ def test_the_cpus_numeric_code_paths_are_pinned_and_in_the_key(trained, fmnist_t
     monkeypatch.setenv("MKL_CBWR", "COMPATIBLE" if config.versions["mkl_cbwr"] != "COMPATIBLE" else "AVX2")
     other = cell_configs(trained, fmnist_test, ["fgsm"], [0.1], n=20)[0]
     assert other.key != config.key and other.random_key == config.random_key  # another cell, the same draws
+
 
 def test_the_same_weights_under_two_architectures_are_two_cells(trained, fmnist_test, tmp_path, capsys):
     # One state dict, two forward passes: the zoo's small CNN and a plugin architecture with the
