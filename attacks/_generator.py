@@ -51,9 +51,10 @@ class PerturbationNet(nn.Module):
         return self.net(x)
 
 
-def load_net(channels: int, width: int, state: dict[str, torch.Tensor]) -> PerturbationNet:
-    """A stored generator, rebuilt, loaded and frozen."""
-    g = PerturbationNet(channels, width)
+def load_net(channels: int, width: int, state: dict[str, torch.Tensor],
+             device: torch.device | str = "cpu") -> PerturbationNet:
+    """A stored generator, rebuilt, loaded and frozen, on ``device``."""
+    g = PerturbationNet(channels, width).to(device)
     g.load_state_dict(state)
     g.eval()
     for p in g.parameters():
@@ -93,8 +94,9 @@ def fingerprint(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def training_images(dataset: str, n: int, shape: tuple[int, ...], owner: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``n`` training images and labels of ``dataset``, checked against the input shape."""
+def training_images(dataset: str, n: int, shape: tuple[int, ...], owner: str,
+                    device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` training images and labels of ``dataset`` on ``device``, checked against the input shape."""
     from robustbench_lite import data
 
     split = data.load(dataset, "train")
@@ -103,7 +105,7 @@ def training_images(dataset: str, n: int, shape: tuple[int, ...], owner: str) ->
     if tuple(x.shape[1:]) != tuple(shape):
         raise ValueError(f"{owner}: dataset {dataset!r} has images of shape {tuple(x.shape[1:])}, the inputs {tuple(shape)}; "
                          f"pass dataset= the inputs' dataset")
-    return x, split.labels
+    return x.to(device), split.labels.to(device)
 
 
 _MEMO: dict[str, dict[str, torch.Tensor]] = {}
@@ -112,11 +114,15 @@ _MEMO: dict[str, dict[str, torch.Tensor]] = {}
 def trained(kind: str, config: dict[str, Any], model: nn.Module, threat: Threat,
             train: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """The stored tensors of the generator for (kind, config, target, threat), training and
-    storing them with ``train()`` the first time."""
+    storing them with ``train()`` the first time. One trained on a GPU is another generator than
+    one trained on the CPU (its device is part of the lookup; the CPU's is implicit)."""
+    from robustbench_lite import devices
     from robustbench_lite.paths import default_store
     from robustbench_lite.store import Store
 
-    meta = {"target": fingerprint(model), "config": config, "norm": threat.norm, "eps": threat.eps}
+    device = devices.of(model).type
+    meta = {"target": fingerprint(model), "config": config, "norm": threat.norm, "eps": threat.eps,
+            **({"device": device} if device != "cpu" else {})}
     key = hashlib.sha256(repr(sorted(meta.items())).encode()).hexdigest()
     if key in _MEMO:
         return _MEMO[key]

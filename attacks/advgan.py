@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustbench_lite import devices
 from robustbench_lite.attack import Attack, check_int, check_positive, scores
 from robustbench_lite.registry import ATTACKS
 from robustbench_lite.threat import Threat
@@ -89,32 +90,34 @@ class AdvGAN(Attack):
         if threat.eps == 0:
             return x.clone()
         tensors = _generator.trained("advgan", self.config(), model, threat, lambda: self._train(model, x.shape[1:], threat))
-        g = _generator.load_net(x.shape[1], self.width, tensors)
+        g = _generator.load_net(x.shape[1], self.width, tensors, x.device)
         with torch.no_grad():
             out = torch.cat([(xb + _generator.to_budget(g(xb), threat, fill=False)).clamp(0, 1) for xb in x.split(500)])
         return threat.project(out, x)
 
     def _train(self, model: nn.Module, shape: tuple[int, ...], threat: Threat) -> dict[str, torch.Tensor]:
-        x_all, y_all = _generator.training_images(self.dataset, self.train_n, tuple(shape), "advgan")
+        dev = devices.of(model)
+        x_all, y_all = _generator.training_images(self.dataset, self.train_n, tuple(shape), "advgan", dev)
         torch.manual_seed(self.seed)
-        gen = torch.Generator().manual_seed(self.seed)
-        g, d = _generator.PerturbationNet(shape[0], self.width), _Discriminator(shape[0], shape[-1])
+        gen = torch.Generator().manual_seed(self.seed)  # cpu: the data order, the same on every device
+        g, d = _generator.PerturbationNet(shape[0], self.width).to(dev), _Discriminator(shape[0], shape[-1]).to(dev)
         opt_g, opt_d = (torch.optim.Adam(m.parameters(), lr=self.lr) for m in (g, d))
         dim = x_all[0].numel()
         c = self.hinge * (threat.eps * dim ** 0.5 if threat.norm == "linf" else threat.eps)
         for _ in range(self.epochs):
-            for idx in torch.randperm(len(x_all), generator=gen).split(128):
+            for idx in torch.randperm(len(x_all), generator=gen).to(dev).split(128):  # cpu: see gen
                 xb, yb = x_all[idx], y_all[idx]
                 delta = _generator.to_budget(g(xb), threat, fill=False)
                 x_adv = (xb + delta).clamp(0, 1)
                 # Discriminator: real x -> 1, x + G(x) -> 0 (least squares).
-                d_loss = F.mse_loss(d(xb), torch.ones(len(xb), 1)) + F.mse_loss(d(x_adv.detach()), torch.zeros(len(xb), 1))
+                real, fake = torch.ones(len(xb), 1, device=dev), torch.zeros(len(xb), 1, device=dev)
+                d_loss = F.mse_loss(d(xb), real) + F.mse_loss(d(x_adv.detach()), fake)
                 opt_d.zero_grad(set_to_none=True)
                 d_loss.backward()
                 opt_d.step()
                 # Generator: only its own parameters get gradients; the target's are never touched.
                 l_adv = _margin(scores(model, x_adv, yb), yb, self.kappa).mean()
-                l_gan = F.mse_loss(d(x_adv), torch.ones(len(xb), 1))
+                l_gan = F.mse_loss(d(x_adv), real)
                 l_hinge = (delta.flatten(1).norm(dim=1) - c).clamp_min(0).mean()
                 loss = 10 * l_adv + l_gan + l_hinge
                 _generator.step(g, opt_g, loss)

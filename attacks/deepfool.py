@@ -45,12 +45,13 @@ def deepfool(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, *, s
         dual = w.flatten(2).abs().sum(2) if norm == "linf" else w.flatten(2).norm(dim=2)
         dist = f.abs() / dual.clamp_min(1e-12)
         best = dist.argmin(1)
-        w_l = w[torch.arange(len(idx)), best]
-        f_l = f.abs()[torch.arange(len(idx)), best]
+        rows = torch.arange(len(idx), device=x.device)
+        w_l = w[rows, best]
+        f_l = f.abs()[rows, best]
         if norm == "linf":
-            step = ((f_l + 1e-4) / dual[torch.arange(len(idx)), best].clamp_min(1e-12)).view(shape) * w_l.sign()
+            step = ((f_l + 1e-4) / dual[rows, best].clamp_min(1e-12)).view(shape) * w_l.sign()
         else:
-            step = ((f_l + 1e-4) / dual[torch.arange(len(idx)), best].clamp_min(1e-12) ** 2).view(shape) * w_l
+            step = ((f_l + 1e-4) / dual[rows, best].clamp_min(1e-12) ** 2).view(shape) * w_l
         keep = idx[still]
         r_total[keep] += step[still].detach()
         x_adv[keep] = (x[keep] + (1 + overshoot) * r_total[keep]).clamp(0, 1)

@@ -126,7 +126,7 @@ class FAB(Attack):
             dist.scatter_(1, y[:, None], float("inf"))
             j = dist.argmin(1)
             f = f.gather(1, j[:, None]).squeeze(1)
-            g = g[torch.arange(len(v)), j].view_as(v)
+            g = g[torch.arange(len(v), device=v.device), j].view_as(v)
         else:
             f_t = z.gather(1, t[:, None]).squeeze(1) - z.gather(1, y[:, None]).squeeze(1)
             g = input_grad(f_t.sum(), v)

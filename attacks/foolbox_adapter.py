@@ -89,10 +89,11 @@ class FoolboxAttack(Attack):
             # Foolbox would count landing in the reject column as a success.
             raise ValueError(f"fb:{self.attack} cannot attack a classifier and its detector jointly; "
                              "use a native attack (pgd, apgd_ce, apgd_dlr, square, ...)")
-        fmodel = fb.PyTorchModel(_Detached(model).train(model.training), bounds=threat.bounds)
-        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        fmodel = fb.PyTorchModel(_Detached(model).train(model.training), bounds=threat.bounds, device=x.device)
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator,
+                                 device=generator.device if generator is not None else None))
         # Foolbox draws from torch's global generator; fork it so the caller's stream is untouched.
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
             torch.manual_seed(seed)
             _, clipped, _ = atk(fmodel, x, y, epsilons=threat.eps)
         return clipped.to(x.dtype)

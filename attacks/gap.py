@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustbench_lite import devices
 from robustbench_lite.attack import (
     Attack,
     check_choice,
@@ -75,25 +76,26 @@ class GAP(Attack):
             return x.clone()
         shape = tuple(x.shape[1:])
         tensors = _generator.trained("gap", self.config(), model, threat, lambda: self._train(model, shape, threat))
-        g = _generator.load_net(shape[0], self.width, tensors)
-        z = self._noise(shape)
+        g = _generator.load_net(shape[0], self.width, tensors, x.device)
+        z = self._noise(shape).to(x.device)
         with torch.no_grad():
             out = torch.cat([(xb + _generator.to_budget(g(self._input(xb, z)), threat, fill=True)).clamp(0, 1)
                              for xb in x.split(500)])
         return threat.project(out, x)
 
     def _noise(self, shape: tuple[int, ...]) -> torch.Tensor:
-        return torch.rand((1, *shape), generator=torch.Generator().manual_seed(self.seed))
+        return torch.rand((1, *shape), generator=torch.Generator().manual_seed(self.seed))  # cpu: fixed noise, moved by callers
 
     def _train(self, model: nn.Module, shape: tuple[int, ...], threat: Threat) -> dict[str, torch.Tensor]:
-        x_all, y_all = _generator.training_images(self.dataset, self.train_n, shape, "gap")
+        dev = devices.of(model)
+        x_all, y_all = _generator.training_images(self.dataset, self.train_n, shape, "gap", dev)
         torch.manual_seed(self.seed)
-        gen = torch.Generator().manual_seed(self.seed)
-        g = _generator.PerturbationNet(shape[0], self.width)
+        gen = torch.Generator().manual_seed(self.seed)  # cpu: the data order, the same on every device
+        g = _generator.PerturbationNet(shape[0], self.width).to(dev)
         opt = torch.optim.Adam(g.parameters(), lr=self.lr, betas=(0.5, 0.999))
-        z = self._noise(shape)
+        z = self._noise(shape).to(dev)
         for _ in range(self.epochs):
-            for idx in torch.randperm(len(x_all), generator=gen).split(128):
+            for idx in torch.randperm(len(x_all), generator=gen).to(dev).split(128):  # cpu: see gen
                 xb, yb = x_all[idx], y_all[idx]
                 delta = _generator.to_budget(g(self._input(xb, z)), threat, fill=True)
                 ce = F.cross_entropy(scores(model, (xb + delta).clamp(0, 1), yb), yb)

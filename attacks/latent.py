@@ -41,8 +41,8 @@ def latent_search(classifier: nn.Module, vae: generative.GenerativeModel, x: tor
     r = torch.zeros_like(z0, requires_grad=True)
     opt = torch.optim.Adam([r], lr=lr)
     best = torch.empty_like(x)
-    dist = torch.zeros(len(x))
-    fooled = torch.zeros(len(x), dtype=torch.bool)
+    dist = torch.zeros(len(x), device=x.device)
+    fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
 
     def image(rr: torch.Tensor) -> torch.Tensor:
         d = vae.decode(z0 + rr)

@@ -30,10 +30,11 @@ def _perturbation(artifact: str, store: str | None) -> tuple[str, torch.Tensor]:
 def _conformance_instance(model: nn.Module, x: torch.Tensor) -> "Universal":
     """For the conformance suite: a perturbation crafted on ``x`` and stored in the default store."""
     from experiments.universal import craft
+    from robustbench_lite import devices
     from robustbench_lite.paths import default_store
     from robustbench_lite.store import Store
 
-    v, rate = craft(model, x, Threat("linf", 0.1), method="sgd", passes=10, lr=0.02, generator=torch.Generator().manual_seed(0))
+    v, rate = craft(model, x, Threat("linf", 0.1), method="sgd", passes=10, lr=0.02, generator=devices.generator(0, x.device))
     with Store(default_store()) as s:
         key = s.put_artifact("universal", {"model": "conformance", "metrics": {"train_fooling_rate": rate}},
                              {"perturbation": v[0]})

@@ -14,7 +14,7 @@ from robustbench_lite.registry import DEFENSES
 
 
 def net(source: str, x: torch.Tensor) -> generative.GenerativeModel:
-    model = generative.cached(source).model
+    model = generative.cached(source, x.device).model
     model.check_input(x)
     return model
 

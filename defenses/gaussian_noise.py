@@ -32,5 +32,5 @@ class GaussianNoise(Defense):
         check_interval("gaussian_noise", "sigma", self.sigma, 0, 1, "(]")
 
     def transform(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         return (x + self.sigma * noise).clamp(0, 1)

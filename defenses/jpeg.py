@@ -30,6 +30,7 @@ class JPEG(Defense):
 
     differentiable = False
     batch_invariant = True
+    cpu_only = True  # Pillow's codec: each batch goes to the CPU and back
 
     quality: int = 75
 

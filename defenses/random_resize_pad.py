@@ -39,8 +39,8 @@ class RandomResizePad(Defense):
     def transform(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         h, w = x.shape[-2:]
         lo = max(1, int(round(self.min_scale * h)))
-        side = int(torch.randint(lo, h + 1, (), generator=generator))
+        side = int(torch.randint(lo, h + 1, (), generator=generator, device=x.device))
         small = F.interpolate(x, size=(side, side * w // h), mode="bilinear", align_corners=False)
-        top = int(torch.randint(0, h - small.shape[-2] + 1, (), generator=generator))
-        left = int(torch.randint(0, w - small.shape[-1] + 1, (), generator=generator))
+        top = int(torch.randint(0, h - small.shape[-2] + 1, (), generator=generator, device=x.device))
+        left = int(torch.randint(0, w - small.shape[-1] + 1, (), generator=generator, device=x.device))
         return F.pad(small, (left, w - small.shape[-1] - left, top, h - small.shape[-2] - top))

@@ -59,15 +59,15 @@ class SafetyNet(Detector):
                     classifier(xb)
                 batches.append(acts[-1].view(-1, len(xb), acts[-1].shape[-1]).mean(0))  # mean over EOT draws
         codes = torch.cat(batches)
-        labels = torch.cat([torch.zeros(len(x)), torch.ones(len(x))])
+        labels = torch.cat([torch.zeros(len(x), device=x.device), torch.ones(len(x), device=x.device)])
         mu, sd = codes.mean(0), codes.std(0).clamp_min(1e-6)
         with torch.random.fork_rng():
-            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=x.device)))
             mlp = nn.Sequential(_Standardize(mu, sd), nn.Linear(codes.shape[1], self.hidden), nn.ReLU(),
-                                nn.Linear(self.hidden, 1))
+                                nn.Linear(self.hidden, 1)).to(x.device)
         opt = torch.optim.Adam(mlp.parameters(), lr=1e-3)
         for _ in range(self.epochs):
-            for idx in torch.randperm(len(codes), generator=generator).split(128):
+            for idx in torch.randperm(len(codes), generator=generator, device=x.device).split(128):
                 opt.zero_grad()
                 F.binary_cross_entropy_with_logits(mlp(codes[idx]).squeeze(1), labels[idx]).backward()
                 opt.step()

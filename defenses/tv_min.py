@@ -50,7 +50,7 @@ class TVMin(Defense):
         check_int("tv_min", "steps", self.steps, 1)
 
     def transform(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        mask = (torch.rand(x.shape, generator=generator) < self.keep).to(device=x.device, dtype=x.dtype)
+        mask = (torch.rand(x.shape, generator=generator, device=x.device) < self.keep).to(x.dtype)
         target = x.detach()
         # Dropped pixels start at the image's mean kept value: starting at x would leak them back.
         mean = (mask * target).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1)

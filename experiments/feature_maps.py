@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from robustbench_lite import devices
 from robustbench_lite.attack import check_int, check_interval, eval_mode
 from robustbench_lite.data import Split
 from robustbench_lite.experiment import Experiment, Outcome, predictions
@@ -73,14 +74,14 @@ class FeatureMaps(Experiment):
                                  f"[0, {len(blocks) - 1}]; got {self.block} (use an <arch>_denoise model)")
             block = blocks[self.block]
             adv = ATTACKS.create("pgd", steps=self.steps)(lm.model, x, y, Threat("linf", self.eps),
-                                                           generator=torch.Generator().manual_seed(seed))
+                                                           generator=devices.generator(seed, x.device))
             with eval_mode(lm.model):
                 (cin, cout), (ain, aout) = block_maps(lm.model, block, x), block_maps(lm.model, block, adv)
 
             def noise(a: torch.Tensor, c: torch.Tensor) -> float:
                 return float(((a - c).flatten(1).norm(dim=1) / c.flatten(1).norm(dim=1).clamp_min(1e-12)).median())
 
-            idx = torch.arange(min(EXAMPLES, len(x)))
+            idx = torch.arange(min(EXAMPLES, len(x)), device=x.device)
             channel = cin[idx].flatten(2).abs().mean(2).argmax(1)  # the most active channel per point
             pick = (idx, channel)
             metrics = {"n": len(x), "eps": self.eps, "block": self.block, "op": block.op, "channels": int(cin.shape[1]),

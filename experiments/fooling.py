@@ -8,6 +8,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from robustbench_lite import devices
 from robustbench_lite.attack import check_choice, check_int, check_interval, check_positive, eval_mode
 from robustbench_lite.data import Split
 from robustbench_lite.experiment import Experiment, Outcome
@@ -19,9 +20,9 @@ def gradient_ascent(model: nn.Module, shape: tuple[int, ...], classes: int, *, s
                     threshold: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One image per class from uniform noise, by signed ascent on log p(class); a class stops
     once it reaches ``threshold``. Returns (images, confidences, steps used per class)."""
-    x = torch.rand((classes, *shape), generator=generator)
-    target = torch.arange(classes)
-    used = torch.full((classes,), steps)
+    x = torch.rand((classes, *shape), generator=generator, device=generator.device)
+    target = torch.arange(classes, device=generator.device)
+    used = torch.full((classes,), steps, device=generator.device)
     for i in range(steps):
         xg = x.detach().requires_grad_(True)
         logp = torch.log_softmax(model(xg), dim=1).gather(1, target[:, None]).squeeze(1)
@@ -44,9 +45,9 @@ def evolution(model: nn.Module, shape: tuple[int, ...], classes: int, *, generat
     population w +- sigma * eps, ranks the members by p(class) alone (output queries only) and
     moves w along the rank-weighted noise. Returns (images, confidences, queries per class)."""
     half = population // 2
-    w = torch.logit(torch.rand((classes, *shape), generator=generator).clamp(0.05, 0.95))
-    target = torch.arange(classes)
-    queries = torch.full((classes,), generations * 2 * half)
+    w = torch.logit(torch.rand((classes, *shape), generator=generator, device=generator.device).clamp(0.05, 0.95))
+    target = torch.arange(classes, device=generator.device)
+    queries = torch.full((classes,), generations * 2 * half, device=generator.device)
     dims = [1] * len(shape)
     for gen in range(generations):
         with torch.no_grad():
@@ -55,7 +56,7 @@ def evolution(model: nn.Module, shape: tuple[int, ...], classes: int, *, generat
         queries[done & (queries == generations * 2 * half)] = gen * 2 * half
         if bool(done.all()):
             break
-        eps = torch.randn((classes, half, *shape), generator=generator)
+        eps = torch.randn((classes, half, *shape), generator=generator, device=generator.device)
         eps = torch.cat([eps, -eps], 1)  # antithetic pairs halve the estimate's variance
         cand = torch.sigmoid(w[:, None] + sigma * eps).flatten(0, 1)
         with torch.no_grad():
@@ -112,7 +113,7 @@ class Fooling(Experiment):
         shape = tuple(test.images.shape[1:])
         outcomes = []
         for lm in models:
-            g = torch.Generator().manual_seed(seed)
+            g = devices.generator(seed, test.images.device)
             with torch.no_grad():
                 classes = lm.model(test.first(1).floats()).shape[1]
             with eval_mode(lm.model):

@@ -84,7 +84,7 @@ class LatentUnrestricted(Experiment):
             }
             idx = fooled.nonzero().squeeze(1)[:EXAMPLES]
             with torch.no_grad():
-                labels = predictions(lm.model, adv[idx]) if len(idx) else torch.zeros(0, dtype=torch.long)
+                labels = predictions(lm.model, adv[idx]) if len(idx) else torch.zeros(0, dtype=torch.long, device=adv.device)
             outcomes.append(Outcome(lm.name, metrics, {"originals": xs[idx], "reconstructions": rec[ok][idx],
                                                        "adversarial": adv[idx], "labels": ys[idx], "adversarial_labels": labels}))
         return outcomes

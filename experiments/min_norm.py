@@ -85,7 +85,7 @@ class MinNorm(Experiment):
                     fooled = predictions(lm.model, x_adv) != y
                     dist = Threat(self.norm, math.inf).distance(x_adv, x)
                     dist = torch.where(fooled, dist, torch.full_like(dist, float("inf")))
-                    q = torch.quantile(dist[fooled], torch.tensor([0.1, 0.5, 0.9])).tolist() if bool(fooled.any()) else [None] * 3
+                    q = torch.quantile(dist[fooled], torch.tensor([0.1, 0.5, 0.9], device=dist.device)).tolist() if bool(fooled.any()) else [None] * 3
                     metrics[method] = {"success": float(fooled.float().mean()), "median": q[1], "p10": q[0], "p90": q[2]}
                     tensors[f"{method}_distance"] = dist
             outcomes.append(Outcome(lm.name, metrics, tensors))

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from robustbench_lite import stats, zoo
+from robustbench_lite import devices, stats, zoo
 from robustbench_lite.attack import check_choice, check_int, check_interval, check_positive, eval_mode
 from robustbench_lite.data import DATASETS, Split
 from robustbench_lite.experiment import Experiment, Outcome, predictions
@@ -184,22 +184,22 @@ class NonRobust(Experiment):
         standard, robust = models
         sub = train.first(min(self.n, len(train)))
         x, y = sub.floats(), sub.labels
-        gen = torch.Generator().manual_seed(seed)
+        gen = devices.generator(seed, x.device)
         classes = DATASETS[train.dataset].num_classes
 
         # D_det and D_rand: targeted PGD towards t = y + 1, or towards a random t != y, relabeled t.
         targets = {"deterministic": (y + 1) % classes,
-                   "random": (y + torch.randint(1, classes, y.shape, generator=gen)) % classes}
+                   "random": (y + torch.randint(1, classes, y.shape, generator=gen, device=y.device)) % classes}
         relabeled = {name: relabel(standard.model, x, t, Threat(self.norm, self.eps), steps=self.steps, classes=classes,
                                    generator=gen, dataset=train.dataset, name=f"nonrobust-{name}")
                      for name, t in targets.items()}
 
         # D_R: match the robust model's representation, labeled y.
         if self.start == "image":
-            shift = int(torch.randint(1, len(x), (1,), generator=gen))  # a derangement: never x itself
+            shift = int(torch.randint(1, len(x), (1,), generator=gen, device=x.device))  # a derangement: never x itself
             start = x.roll(shift, dims=0)
         else:
-            start = torch.rand(x.shape, generator=gen)
+            start = torch.rand(x.shape, generator=gen, device=x.device)
         with eval_mode(robust.model):
             parts = [robustify(robust.model, xb, sb, steps=self.synth_steps, lr=self.synth_lr, tv=self.tv,
                                layer=self.layer)

@@ -11,6 +11,7 @@ import torchvision.transforms.functional as TF
 
 from defenses.gaussian_noise import GaussianNoise
 from defenses.jpeg import JPEG
+from robustbench_lite import devices
 from robustbench_lite.attack import check_int, check_positive
 from robustbench_lite.data import Split
 from robustbench_lite.experiment import Experiment, Outcome, predictions
@@ -83,8 +84,8 @@ class Transforms(Experiment):
         names = self.attacks.split("+")
         outcomes = []
         for lm in models:
-            g = torch.Generator().manual_seed(seed)
-            rates = torch.full((len(names), len(TRANSFORMS), 5), float("nan"))
+            g = devices.generator(seed, x.device)
+            rates = torch.full((len(names), len(TRANSFORMS), 5), float("nan"))  # cpu: the results table
             table: dict[str, dict[str, list[float | None]]] = {}
             for i, name in enumerate(names):
                 x_adv = threat.project(make_attack(name)(lm.model, x, y, threat, generator=g), x)
@@ -92,7 +93,7 @@ class Transforms(Experiment):
                 for j, (tname, (fn, strengths)) in enumerate(TRANSFORMS.items()):
                     row = [destruction_rate(lm.model, x, x_adv, y, lambda v, s=s, fn=fn: fn(v, s, g)) for s in strengths]
                     table[name][tname] = row
-                    rates[i, j] = torch.tensor([float("nan") if r is None else r for r in row])
+                    rates[i, j] = torch.tensor([float("nan") if r is None else r for r in row])  # cpu: the results table
             metrics = {"eps": self.eps, "n": len(sub), "attacks": names,
                        "strengths": {t: list(s) for t, (_, s) in TRANSFORMS.items()}, "destruction_rate": table}
             outcomes.append(Outcome(lm.name, metrics, {"destruction_rate": rates}))

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attacks.deepfool import deepfool
+from robustbench_lite import devices
 from robustbench_lite.attack import _direction, check_choice, check_int, check_interval, check_positive, eval_mode
 from robustbench_lite.data import Split
 from robustbench_lite.experiment import Experiment, Outcome, predictions
@@ -42,13 +43,13 @@ def craft(model: nn.Module, x: torch.Tensor, threat: Threat, *, method: str = "d
         rate = 0.0
         for _ in range(passes):
             if method == "sgd":
-                for idx in torch.randperm(len(x), generator=generator).split(4 * batch):
+                for idx in torch.randperm(len(x), generator=generator, device=x.device).split(4 * batch):
                     vv = v.clone().requires_grad_(True)
                     loss = F.cross_entropy(model((x[idx] + vv).clamp(0, 1)), pred[idx])
                     (g,) = torch.autograd.grad(loss, vv)
                     v = _project(v + lr * _direction(g, threat, "sign"), threat)
             else:
-                for idx in torch.randperm(len(x), generator=generator).split(batch):
+                for idx in torch.randperm(len(x), generator=generator, device=x.device).split(batch):
                     xv = (x[idx] + v).clamp(0, 1)
                     with torch.no_grad():
                         alive = model(xv).argmax(1) == pred[idx]
@@ -136,7 +137,7 @@ class Universal(Experiment):
         x_train = train.first(self.n_train).floats()
         sub = test.first(self.n_test)
         x, y = sub.floats(), sub.labels
-        g = torch.Generator().manual_seed(seed)
+        g = devices.generator(seed, x.device)
         preds = {lm.name: predictions(lm.model, x) for lm in models}
         perts, pgd = {}, {}
         crafted = {}

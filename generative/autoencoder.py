@@ -56,7 +56,7 @@ class AutoEncoder(GenerativeModel):
         return [torch.optim.Adam(self.parameters(), lr=lr)]
 
     def train_step(self, x, optimizers, generator):
-        noisy = x if self.noise == 0 else (x + self.noise * torch.randn(x.shape, generator=generator)).clamp(0, 1)
+        noisy = x if self.noise == 0 else (x + self.noise * torch.randn(x.shape, generator=generator, device=x.device)).clamp(0, 1)
         loss = F.mse_loss(self.dec(self.enc(noisy)), x)
         optimizers[0].zero_grad(set_to_none=True)
         loss.backward()

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustbench_lite import devices
 from robustbench_lite.attack import check_choice, check_int, check_positive
 from robustbench_lite.generative import GenerativeModel
 from robustbench_lite.registry import GENERATIVE
@@ -56,7 +57,7 @@ class GAN(GenerativeModel):
         return self.G(z)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.G(torch.randn(n, self.latent, generator=generator))
+        return self.G(torch.randn(n, self.latent, generator=generator, device=devices.of(self.G)))
 
     def optimizers(self, lr: float) -> list[torch.optim.Optimizer]:
         betas = (0.5, 0.999) if self.loss == "gan" else (0.5, 0.9)
@@ -71,7 +72,7 @@ class GAN(GenerativeModel):
         if self.loss == "gan":
             d_loss = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
         else:
-            a = torch.rand(n, 1, 1, 1, generator=generator)
+            a = torch.rand(n, 1, 1, 1, generator=generator, device=x.device)
             mix = (a * x + (1 - a) * fake.detach()).requires_grad_(True)
             (g,) = torch.autograd.grad(self.D(mix).sum(), mix, create_graph=True)
             d_loss = d_fake.mean() - d_real.mean() + self.gp * ((g.flatten(1).norm(dim=1) - 1) ** 2).mean()

@@ -67,12 +67,12 @@ class VAE(GenerativeModel):
         return self.decode(self.encode(x))
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.decode(torch.randn(n, self.latent, generator=generator))
+        return self.decode(torch.randn(n, self.latent, generator=generator, device=self.fc.weight.device))
 
     def elbo(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Per image: E_q[log p(x|z)] - KL(q(z|x) || N(0, I)), one reparameterised sample."""
         mu, logvar = self.posterior(x)
-        z = mu + torch.randn(mu.shape, generator=generator) * (0.5 * logvar).exp()
+        z = mu + torch.randn(mu.shape, generator=generator, device=mu.device) * (0.5 * logvar).exp()
         out = self._out(z)
         if self.likelihood == "bernoulli":
             rec = -F.binary_cross_entropy_with_logits(out, x, reduction="none").flatten(1).sum(1)

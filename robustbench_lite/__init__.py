@@ -1,4 +1,4 @@
-"""robustbench_lite: an adversarial-robustness benchmark harness that runs on CPUs."""
+"""robustbench_lite: an adversarial-robustness benchmark harness that runs on CPUs and GPUs."""
 from .numerics import pin as _pin
 
 _pin()  # before anything here computes with torch: see robustbench_lite/numerics.py

@@ -55,7 +55,7 @@ def live(g: torch.Tensor | None, n: int | None = None) -> torch.Tensor:
     """Per row of a gradient, whether an attack can follow it: finite and not zero (the gradients
     check's rule). None (the output does not depend on that tensor) is dead on all ``n`` rows."""
     if g is None:
-        return torch.zeros(n or 0, dtype=torch.bool)
+        return torch.zeros(n or 0, dtype=torch.bool)  # cpu: no tensor to follow; callers count it
     norms = g.flatten(1).norm(dim=1)
     return torch.isfinite(norms) & (norms > 0)
 

@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--plugin", action="append", default=[], metavar="FILE",
                         help="a Python file registering a defense, attack or model (repeatable); see examples/my_defense.py")
 
+    def device(sp: argparse.ArgumentParser, default: str | None = "auto") -> None:
+        sp.add_argument("--device", default=default, metavar="DEVICE",
+                        help="where it computes: auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps "
+                             + (f"(default {default}); part of every cell's key" if default else
+                                "(default: each row's own device type, as stored)"))
+
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--store", type=Path, help="results store (default $RBL_STORE or the user cache)")
         sp.add_argument("--data-dir", help="folder searched first for datasets")
@@ -80,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to join (default: $RAY_ADDRESS, else a private local Ray)")
     r.add_argument("--cpus-per-task", type=_positive_int, default=1, help="CPUs each Ray task declares and uses (default 1)")
     r.add_argument("--max-retries", type=int, default=3, help="reruns of a task whose Ray worker died (default 3)")
+    device(r)
     common(r)
 
     t = sub.add_parser("train", help="train a zoo model")
@@ -98,7 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--nproc", type=_positive_int, default=1,
                    help="data-parallel processes on this machine (torch DistributedDataParallel, gloo); "
                         "for several machines launch `torchrun ... -m robustbench_lite.cli train ...` instead")
+    t.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="fp32 (default), or bf16/fp16 autocast for the forward passes (fp16 with a gradient scaler); "
+                        "evaluation always runs in fp32")
     t.add_argument("--data-dir")
+    device(t)
     plugin(t)
 
     g = sub.add_parser("train-generative", help="train a generative model (ae, dae, vae, gan) for purifiers and generator attacks")
@@ -114,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="zoo model that judges reconstructions and samples (default: smallcnn-<dataset>-standard if trained; "
                         "'none' skips)")
     g.add_argument("--out", type=Path, help="checkpoint folder (default: the cache entry <kind>-<dataset>)")
+    device(g)
     common(g)
 
     e = sub.add_parser("eval", help="evaluate a model under attacks at one or more eps")
@@ -153,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="points of the binarization test of your attacks (default 20; 0 skips it)")
     e.add_argument("--json", action="store_true", help="one JSON object per eps")
     e.add_argument("--no-store", action="store_true", help="do not read or write the results store")
+    device(e)
     common(e)
 
     x = sub.add_parser("experiment", help="run an experiment (universal perturbations, ...) and store its artifacts")
@@ -162,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--seed", type=int, default=0)
     x.add_argument("--json", action="store_true", help="one JSON object per model")
     x.add_argument("--no-store", action="store_true", help="do not write artifacts to the results store")
+    device(x)
     common(x)
 
     lb = sub.add_parser("leaderboard", help="print or write the leaderboard from the store")
@@ -181,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("suite", type=Path, help="suite file (see examples/ci-suite.toml)")
     ck.add_argument("--junit", type=Path, help="write JUnit XML here")
     ck.add_argument("--json", action="store_true", help="one JSON object per row instead of the Markdown table")
+    device(ck)
     common(ck)
 
     cf = sub.add_parser("conformance", help="run the conformance checks on a plugin's defenses, attacks and models")
@@ -188,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="trained zoo model or checkpoint the attacks run against (default smallcnn-fmnist-standard)")
     cf.add_argument("--n", type=_positive_int, default=64, help="test points (default 64)")
     cf.add_argument("--json", action="store_true", help="one JSON object per check")
+    device(cf)
     plugin(cf)
 
     v = sub.add_parser("verify", help="re-run stored cells from their stored configs and compare the per-example bits")
@@ -197,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folders searched for the weights (zoo folders or .safetensors with cards), after each "
                         "cell's own source and the zoo cache")
     v.add_argument("--json", action="store_true", help="one JSON object per row instead of the table")
+    device(v, default=None)
     common(v)
 
     z = sub.add_parser("zoo", help="export, import or fetch trained models (bundles with a sha256 manifest)")
@@ -235,7 +252,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     profile = profiles.get(args.profile).select(models=args.models, eps=args.eps)
     executor = executors.make(args.executor, address=args.ray_address, cpus_per_task=args.cpus_per_task,
-                              max_retries=args.max_retries)
+                              max_retries=args.max_retries, device=args.device)
     start = time.perf_counter()
 
     def stamp(text: str) -> None:
@@ -248,7 +265,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     with _store(args.store) as store:
         grid = profiles.run_grid(profile, store, data_dir=args.data_dir, progress=sys.stderr.isatty(),
                                  on_model=lambda m: stamp(f"model {m}"), executor=executor, plugins=args.plugin,
-                                 on_progress=on_progress, zoo_dir=args.zoo)
+                                 on_progress=on_progress, zoo_dir=args.zoo, device=args.device)
         written = profiles.write_reports(store, args.out)
     print(f"{len(grid.results)} cells in {time.perf_counter() - start:.0f}s ({args.executor} executor); wrote "
           + ", ".join(map(str, written)))
@@ -270,10 +287,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     recipe, recipe_kw = specs.parse(args.recipe)
     cfg = TrainConfig(arch=args.arch, dataset=args.dataset, recipe=recipe, recipe_kw=tuple(sorted(recipe_kw.items())),
                       epochs=args.epochs, lr=args.lr,
-                      batch_size=args.batch_size, seed=args.seed, train_subset=args.train_subset, schedule=args.schedule)
+                      batch_size=args.batch_size, seed=args.seed, train_subset=args.train_subset, schedule=args.schedule,
+                      precision=args.precision)
     try:
         card = train(cfg, out=args.out, data_dir=args.data_dir, pretrained=args.pretrained, progress=sys.stderr.isatty(),
-                     resume=not args.no_resume)
+                     resume=not args.no_resume, device=args.device)
     finally:
         import torch.distributed as td
 
@@ -334,7 +352,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                    for r in evaluate(lm, split, attacks, args.eps, norm=args.norm, n=args.n, seed=args.seed,
                                      batch_size=args.batch_size, store=store, progress=sys.stderr.isatty(),
                                      defense=defenses, mode=mode, eot=args.eot, votes=args.votes, checks=checks,
-                                     calibration=calibration, escalate=None if args.no_escalate else EscalationConfig())]
+                                     calibration=calibration, escalate=None if args.no_escalate else EscalationConfig(),
+                                     device=args.device)]
     finally:
         if store is not None:
             store.close()
@@ -410,7 +429,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     with _store(path) as store:
         outcomes = verify.verify(store, sample=args.sample, seed=args.seed, data_dir=args.data_dir, models=args.models,
-                                 on_outcome=show)
+                                 on_outcome=show, device=args.device)
     if not args.json:
         sys.stdout.write(verify.table(outcomes) if outcomes else f"no cells in {path}\n")
     return 0 if all(o.ok for o in outcomes) else EXIT_MISMATCH
@@ -428,7 +447,7 @@ def cmd_train_generative(args: argparse.Namespace) -> int:
         lg = generative.train(kind, args.dataset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                               seed=args.seed, train_subset=args.train_subset,
                               classifier=None if args.classifier == "none" else args.classifier, out=args.out,
-                              data_dir=args.data_dir, progress=sys.stderr.isatty(), store=store, **hp)
+                              data_dir=args.data_dir, progress=sys.stderr.isatty(), store=store, device=args.device, **hp)
     shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in lg.card.metrics.items()
                       if not isinstance(v, list))
     print(f"{lg.name}: {shown} after {lg.card.train_seconds:.0f}s (weights sha256 {lg.weights_sha256[:16]}...)")
@@ -447,7 +466,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     test = data.load(dataset, "test", data_dir=args.data_dir)
     store = None if args.no_store else _store(args.store)
     try:
-        done = execute(experiment, models, train, test, store=store, seed=args.seed)
+        done = execute(experiment, models, train, test, store=store, seed=args.seed, device=args.device)
     finally:
         if store is not None:
             store.close()
@@ -498,7 +517,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     suite = gate.load(args.suite)
     with _store(args.store) as store:
-        rows = gate.run(suite, store, data_dir=args.data_dir, progress=sys.stderr.isatty())
+        rows = gate.run(suite, store, data_dir=args.data_dir, progress=sys.stderr.isatty(), device=args.device)
     md = gate.publish(suite, rows, args.junit)
     if args.json:
         for r in rows:
@@ -521,7 +540,8 @@ def cmd_conformance(args: argparse.Namespace) -> int:
         raise ValueError("rbl conformance needs at least one --plugin FILE")
     loaded = args.plugins_loaded
     lm = zoo.load_any(args.model)
-    test = data.load(lm.dataset, "test").first(args.n)
+    test = data.load(lm.dataset, "test").first(args.n).to(args.device)
+    lm.model.to(args.device)
     x, y = test.floats(), test.labels
     results: list[conformance.Result] = []
     for item in loaded:
@@ -607,6 +627,20 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resolve_device(args: argparse.Namespace) -> None:
+    """``--device`` checked and resolved once (an unavailable one exits 2 naming what this machine
+    has), and the choice printed."""
+    import torch
+
+    from . import devices
+
+    dev = devices.resolve(args.device)
+    name = f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"rbl: device {dev}{name}" + (" (auto)" if args.device == "auto" else ""), file=sys.stderr)
+    args.device = str(dev)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from .data import DatasetNotFoundError
     from .engine import IntegrityError
@@ -625,6 +659,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "check": cmd_check, "verify": cmd_verify, "zoo": cmd_zoo}
     try:
         args.plugins_loaded = load_all(getattr(args, "plugin", None))
+        if getattr(args, "device", None) is not None:
+            _resolve_device(args)
         return handlers[args.cmd](args)
     except (ValueError, TypeError, DatasetNotFoundError, CheckpointError, ModelNotTrainedError, GenerativeNotTrainedError,
             IntegrityError, StoreIntegrityError, FileNotFoundError) as exc:

@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from . import devices
 from .threat import Threat
 
 
@@ -39,7 +40,7 @@ def _run(method: str, check: str, fn: Callable[[], str | None]) -> Result:
 
 def defense_output(d: Any, x: torch.Tensor) -> str | None:
     x0 = x.clone()
-    out = d.transform(x, torch.Generator().manual_seed(0))
+    out = d.transform(x, devices.generator(0, x.device))
     if out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
         return f"returned {tuple(out.shape)} {out.dtype} on {out.device} for {tuple(x.shape)} {x.dtype} on {x.device}"
     if not torch.isfinite(out).all() or out.min().item() < 0 or out.max().item() > 1:
@@ -53,7 +54,7 @@ def defense_output(d: Any, x: torch.Tensor) -> str | None:
 
 def defense_randomness(d: Any, x: torch.Tensor) -> str | None:
     def run(seed: int) -> torch.Tensor:
-        return d.transform(x, torch.Generator().manual_seed(seed))
+        return d.transform(x, devices.generator(seed, x.device))
 
     if not torch.equal(run(1), run(1)):
         return "is not reproducible under a seeded generator (draw its randomness from the generator argument)"
@@ -66,7 +67,7 @@ def defense_randomness(d: Any, x: torch.Tensor) -> str | None:
 
 def defense_gradients(d: Any, x: torch.Tensor) -> str | None:
     xg = x[:16].clone().requires_grad_(True)
-    out = d.transform(xg, torch.Generator().manual_seed(0))
+    out = d.transform(xg, devices.generator(0, x.device))
     grad = None
     if out.requires_grad:
         (grad,) = torch.autograd.grad(out.sum(), xg, allow_unused=True)
@@ -87,9 +88,9 @@ def defense_batches(d: Any, x: torch.Tensor) -> str | None:
         return "declares batch_invariant but is random: its draws follow the batches"
     k = len(x) // 3
     with torch.no_grad():
-        whole = d.transform(x, torch.Generator().manual_seed(0))
-        parts = torch.cat([d.transform(x[k:], torch.Generator().manual_seed(0)),
-                           d.transform(x[:k], torch.Generator().manual_seed(0))])
+        whole = d.transform(x, devices.generator(0, x.device))
+        parts = torch.cat([d.transform(x[k:], devices.generator(0, x.device)),
+                           d.transform(x[:k], devices.generator(0, x.device))])
     parts = torch.cat([parts[len(x) - k:], parts[:len(x) - k]])
     if not torch.allclose(whole, parts, atol=1e-5, rtol=1e-5):
         return (f"declares batch_invariant but an image's output depends on its batch (largest change "
@@ -115,7 +116,7 @@ def check_defense(name: str, d: Any, x: torch.Tensor) -> list[Result]:
 
 
 def attack_threat(a: Any, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat) -> str | None:
-    x_adv = a(model, x, y, threat, generator=torch.Generator().manual_seed(0))
+    x_adv = a(model, x, y, threat, generator=devices.generator(0, x.device))
     if x_adv.shape != x.shape or x_adv.dtype != x.dtype or x_adv.device != x.device:
         return f"returned {tuple(x_adv.shape)} {x_adv.dtype} for {tuple(x.shape)} {x.dtype}"
     dist = threat.distance(x_adv, x).max().item()
@@ -132,7 +133,7 @@ def attack_side_effects(a: Any, model: nn.Module, x: torch.Tensor, y: torch.Tens
     was = model.training
     model.train()
     try:
-        a(model, x, y, threat, generator=torch.Generator().manual_seed(0))
+        a(model, x, y, threat, generator=devices.generator(0, x.device))
         if not model.training:
             return "did not restore the model's train/eval mode"
     finally:
@@ -148,8 +149,8 @@ def attack_side_effects(a: Any, model: nn.Module, x: torch.Tensor, y: torch.Tens
 
 
 def attack_determinism(a: Any, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat) -> str | None:
-    first = a(model, x, y, threat, generator=torch.Generator().manual_seed(7))
-    second = a(model, x, y, threat, generator=torch.Generator().manual_seed(7))
+    first = a(model, x, y, threat, generator=devices.generator(7, x.device))
+    second = a(model, x, y, threat, generator=devices.generator(7, x.device))
     return None if torch.equal(first, second) else "differs between two runs with the same seeded generator"
 
 
@@ -164,7 +165,7 @@ def attack_effect(a: Any, model: nn.Module, x: torch.Tensor, y: torch.Tensor, th
     between right and wrong, significantly more go to wrong (a one-sided sign test at
     ``EFFECT_ALPHA``). A no-op fails (nothing changes), and so does random noise, which changes
     predictions both ways; ``<=`` alone proves nothing."""
-    x_adv = a(model, x, y, threat, generator=torch.Generator().manual_seed(0))  # with autograd on, as callers run it
+    x_adv = a(model, x, y, threat, generator=devices.generator(0, x.device))  # with autograd on, as callers run it
     with torch.no_grad():
         right = model(x).argmax(1) == y
         still = model(x_adv).argmax(1) == y
@@ -190,7 +191,7 @@ def attack_batches(a: Any, model: nn.Module, x: torch.Tensor, y: torch.Tensor, t
 
     if not a.batch_invariant:
         return None
-    index = torch.arange(len(x))
+    index = torch.arange(len(x), device=x.device)
     whole = a(model, x, y, threat, generator=PointStreams.for_points(3, index))
     k = len(x) // 3
     order = torch.cat([index[k:], index[:k]])  # other batch-mates, another order
@@ -235,7 +236,7 @@ def check_model(name: str, factory: Any, dataset: str, x: torch.Tensor) -> Resul
         if not isinstance(model, nn.Module):
             return f"returned a {type(model).__name__}, not an nn.Module"
         with torch.no_grad():
-            out = model.eval()(x[:8])
+            out = model.to(x.device).eval()(x[:8])
         if tuple(out.shape) != (min(8, len(x)), info.num_classes):
             return f"maps {tuple(x[:8].shape)} to {tuple(out.shape)}; expected ({min(8, len(x))}, {info.num_classes}) logits"
         return None if torch.isfinite(out).all() else "outputs non-finite logits"

@@ -99,13 +99,21 @@ class Split:
         return Split(self.dataset, self.split, self.images[-n:], self.labels[-n:])
 
     def floats(self) -> torch.Tensor:
+        """The images in [0, 1], float32, on the split's device."""
         return self.images.float().div_(255.0)
+
+    def to(self, device: torch.device | str) -> "Split":
+        """The same split with its tensors on ``device`` (itself where they are there already):
+        what is computed from it then follows it there."""
+        if self.images.device == torch.device(device) and self.labels.device == torch.device(device):
+            return self
+        return Split(self.dataset, self.split, self.images.to(device), self.labels.to(device))
 
     def sha256(self) -> str:
         h = hashlib.sha256()
         h.update(f"{self.dataset}/{self.split}/{tuple(self.images.shape)}".encode())
-        h.update(self.images.contiguous().numpy().tobytes())
-        h.update(self.labels.numpy().astype("<i8").tobytes())
+        h.update(self.images.contiguous().cpu().numpy().tobytes())
+        h.update(self.labels.cpu().numpy().astype("<i8").tobytes())
         return h.hexdigest()
 
 

@@ -35,11 +35,15 @@ class Defense(ABC):
     random draws): the cells of a defended model then leave the batch size out of their key. A
     random defense never is, since its draws follow the batches; an undeclared one is keyed by the
     batch size.
+
+    ``cpu_only`` declares a step that exists only on the CPU (a codec through Pillow): on another
+    device it moves each batch to the CPU and back, and the engine says so once per evaluation.
     """
 
     differentiable: ClassVar[bool] = True
     stochastic: ClassVar[bool] = False
     batch_invariant: ClassVar[bool] = False
+    cpu_only: ClassVar[bool] = False
 
     @abstractmethod
     def transform(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -126,7 +130,9 @@ class Defended(nn.Module):
         self.bpda = bpda or bpda_all
         self.bpda_all = bpda_all
         self.eot = eot
-        self.generator = torch.Generator().manual_seed(seed)
+        from . import devices
+
+        self.generator = devices.generator(seed, devices.of(model))
 
     @property
     def stochastic(self) -> bool:
@@ -164,7 +170,7 @@ class Defended(nn.Module):
         # is that of the expected prediction and its gradient averages over the randomness.
         n = x.shape[0]
         logp = torch.log_softmax(self.model(self.preprocess(x.repeat(self.eot, *([1] * (x.ndim - 1))))), dim=1)
-        return torch.logsumexp(logp.view(self.eot, n, -1), dim=0) - torch.log(torch.tensor(float(self.eot)))
+        return torch.logsumexp(logp.view(self.eot, n, -1), dim=0) - torch.log(torch.tensor(float(self.eot), device=logp.device))
 
     def surface(self, eot: int, bpda_all: bool = False) -> "Defended":
         """The adaptive attack's view: BPDA through non-differentiable steps (through every step

@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Iterator
 import torch
 from torch import nn
 
+from . import devices
 from .registry import DEFENSES
 
 
@@ -88,7 +89,7 @@ def fit(detector: Detector, classifier: nn.Module, base: nn.Module, x: torch.Ten
     """Fit on the first half of the calibration points and set the threshold on the second."""
     from .attack import eval_mode
 
-    g = torch.Generator().manual_seed(seed)
+    g = devices.generator(seed, x.device)
     half = len(x) // 2
     parts = detector.fit(classifier, base, x[:half], y[:half], g)
     probe = Guarded(classifier, base, Fitted(detector, parts, 0.0, 1.0), bpda=False)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import fingerprint, numerics, specs
+from . import devices, fingerprint, numerics, specs
 from .attack import Attack, check_int, eval_mode, live, without_early_stop
 from .cell import CellConfig, ModelId, checks_config, checks_random_key, digest, model_id, worst_case_config
 from .checks import CheckConfig, Probe, Verdict
@@ -191,7 +191,7 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.T
     """Logits for ``x`` in batches, in eval mode."""
     with eval_mode(model):
         out = [model(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]
-    logits = torch.cat(out) if out else torch.zeros(0)
+    logits = torch.cat(out) if out else torch.zeros(0, device=x.device)
     if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
         raise ValueError(f"model must return logits of shape (N, classes), got {tuple(logits.shape)}")
     return logits
@@ -237,6 +237,7 @@ def evaluate(
     checks: CheckConfig | None = CheckConfig(),
     calibration: Split | None = None,
     escalate: EscalationConfig | None = EscalationConfig(),
+    device: str | torch.device | None = None,
 ) -> list[EvalResult]:
     """Evaluate ``model`` on the first ``n`` points of ``data`` under ``attacks`` at each eps.
 
@@ -281,6 +282,10 @@ def evaluate(
             is the escalated one, its accuracy the per-example worst case over the attacks and
             every step; a cell whose checks still fail is unverified (``EvalResult.verified``).
             None keeps the raw number, which stays unverified while a check fails.
+        device: where everything runs (``auto``, ``cpu``, ``cuda[:N]``, ``mps``;
+            :mod:`~robustbench_lite.devices`): the model is moved there, and the engine's copies
+            of the data are made there. None keeps the model where it is. The device type is
+            part of each cell's key (on a GPU, with its model and libraries).
 
     Returns:
         One :class:`EvalResult` per eps, in the given order.
@@ -291,7 +296,7 @@ def evaluate(
             handed, the threat, or the model's parameters or buffers.
     """
     plan = _plan(model, data, attacks, eps, norm=norm, n=n, seed=seed, batch_size=batch_size, defense=defense,
-                 mode=mode, eot=eot, votes=votes, calibration=calibration)
+                 mode=mode, eot=eot, votes=votes, calibration=calibration, device=device)
     lm, subset, pre, detector = plan.lm, plan.subset, plan.pre, plan.detector
     attack_names, attack_objs, defenses = plan.attack_names, plan.attack_objs, pre + ((detector,) if detector else ())
     if store is not None:
@@ -299,8 +304,7 @@ def evaluate(
     fitted = _fit(detector, lm, pre, plan.calibration, seed) if detector is not None else None
     # The engine's own copies of the images and labels: attacks, defenses and detectors only ever
     # see copies, and every budget check and every verdict is made against these.
-    x = subset.floats()
-    y = subset.labels.clone()
+    x, y = plan.inputs()
     guard = _Guard(lm.model, fitted)
     setup = _Setup(lm.model, guard, pre, fitted, mode, eot, votes, batch_size)
     # An attack that stops a point as soon as it leaves top-1 leaves it next to the boundary,
@@ -380,7 +384,7 @@ def _attacked(name: str, attack: Attack, surface: nn.Module, judge: Any, x: torc
         xb, yb = xc.clone(), yc.clone()  # the attack's
         rng: PointStreams | torch.Generator = (
             PointStreams.for_points(_seed(*seed), chunk) if attack.batch_invariant
-            else torch.Generator().manual_seed(_seed(*seed, j)))
+            else devices.generator(_seed(*seed, j), x.device))
         x_adv = attack(surface, xb, yb, dataclasses.replace(threat), generator=rng)
         _check_untouched(f"attack {name}", xb, xc, yb, yc)
         guard.check(f"attack {name}")
@@ -466,11 +470,16 @@ class _Plan:
     detector: Detector | None
     calibration: Split | None
     configs: tuple[CellConfig, ...]  # one per threat
+    device: torch.device
+
+    def inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The engine's own copies of the evaluation's images and labels, on the plan's device."""
+        return self.subset.floats().to(self.device), self.subset.labels.clone().to(self.device)
 
 
 def _plan(model: LoadedModel | nn.Module, data: Split, attacks: Sequence[str | Attack], eps: Sequence[float] | float, *,
           norm: str, n: int | None, seed: int, batch_size: int, defense: Sequence[str | Defense], mode: str, eot: int,
-          votes: int, calibration: Split | None) -> _Plan:
+          votes: int, calibration: Split | None, device: str | torch.device | None = None) -> _Plan:
     eps_list = [eps] if isinstance(eps, (int, float)) else list(eps)
     if not eps_list:
         raise ValueError("eps must hold at least one value")
@@ -492,7 +501,14 @@ def _plan(model: LoadedModel | nn.Module, data: Split, attacks: Sequence[str | A
     lm = _as_loaded(model, data.dataset)
     if lm.dataset != data.dataset:
         raise ValueError(f"model {lm.name} was built for {lm.dataset} but the data is {data.dataset}")
+    dev = devices.of(lm.model) if device is None else devices.resolve(device)
+    if devices.of(lm.model) != dev:
+        lm.model.to(dev)
+    devices.deterministic(dev)
     pre, detector = _split(defenses)
+    for d in pre if dev.type != "cpu" else ():
+        if type(d).cpu_only:
+            _log.info("defense %s runs on the CPU only: each batch goes there from %s and back", d.spec(), dev)
     random_defense = any(d.stochastic for d in pre)
     if random_defense and mode in ADAPTIVE_MODES:
         attack_objs = [without_early_stop(a) for a in attack_objs]
@@ -512,17 +528,17 @@ def _plan(model: LoadedModel | nn.Module, data: Split, attacks: Sequence[str | A
         calib = calibration if calibration is not None else data_mod.load(data.dataset, "train")
         calib = calib.last(min(detector.calibration, len(calib)))
         calibration_id = {"split": calib.split, "n": len(calib), "sha256": calib.sha256()}
-    invariant = _batch_invariant(lm.model, subset, attack_objs, pre, detector, max(threats, key=lambda t: t.eps))
-    device = next((p.device for p in lm.model.parameters()), torch.device("cpu"))
+    invariant = _batch_invariant(lm.model, subset, attack_objs, pre, detector, max(threats, key=lambda t: t.eps), dev)
     common = dict(model=identity, dataset=data.dataset, split=subset.split, n=len(subset), data_sha256=subset.sha256(),
                   norm=norm, bounds=threats[0].bounds, attacks=tuple(methods[0]), defenses=tuple(methods[1]),
                   mode=mode if defenses else "none",
                   eot=eot if random_defense and mode in ADAPTIVE_MODES else 1, votes=votes if random_defense else 1,
                   calibration=calibration_id, seed=seed, batch_size=None if invariant else batch_size,
-                  device=device.type, dtype="float32", engine_sha256=engine.sha256,
-                  versions={"python": platform.python_version(), **dict(sorted((versions | numerics.environment()).items()))})
+                  device=dev.type, dtype="float32", engine_sha256=engine.sha256,
+                  versions={"python": platform.python_version(),
+                            **dict(sorted((versions | numerics.environment(dev)).items()))})
     configs = tuple(CellConfig(eps=t.eps, **common) for t in threats)  # type: ignore[arg-type]
-    return _Plan(lm, identity, subset, threats, attack_names, tuple(attack_objs), pre, detector, calib, configs)
+    return _Plan(lm, identity, subset, threats, attack_names, tuple(attack_objs), pre, detector, calib, configs, dev)
 
 
 def method_identity(method: Attack | Defense | Detector) -> tuple[dict[str, Any], tuple[tuple[str, str], ...]]:
@@ -540,7 +556,7 @@ _PROBED: dict[str, bool] = {}
 
 
 def _batch_invariant(model: nn.Module, subset: Split, attacks: Sequence[Attack], pre: Sequence[Defense],
-                     detector: Detector | None, threat: Threat) -> bool:
+                     detector: Detector | None, threat: Threat, device: torch.device) -> bool:
     """Whether a cell's bits cannot depend on how its points are batched: every attack declares
     it (and draws from per-point streams), no defense is random (its draws follow the batches)
     or undeclared, and the model's outputs for a point do not change with its batch-mates. A
@@ -558,7 +574,7 @@ def _batch_invariant(model: nn.Module, subset: Split, attacks: Sequence[Attack],
     if k < 2:
         return True
     probe = subset.first(min(len(subset), 24))
-    xp, yp = probe.floats(), probe.labels.clone()
+    xp, yp = probe.floats().to(device), probe.labels.clone().to(device)
     for a in attacks:
         # On a copy of the model: the code under test has not earned the engine's trust yet.
         if threat.eps > 0 and not _honest(a, lambda a=a: conformance.attack_batches(a, copy.deepcopy(model), xp, yp, threat)):
@@ -566,7 +582,7 @@ def _batch_invariant(model: nn.Module, subset: Split, attacks: Sequence[Attack],
     for d in pre:
         if not _honest(d, lambda d=d: conformance.defense_batches(d, xp)):
             return False
-    x = subset.first(k).floats()
+    x = subset.first(k).floats().to(device)
     alone = predict(model, x, batch_size=1)
     together = predict(model, x.flip(0), batch_size=k).flip(0)
     # Float rounding differs between batch shapes; batch statistics (a train-mode norm layer, a
@@ -598,20 +614,22 @@ def _honest(method: Attack | Defense, probe: Any) -> bool:
 def cell_keys(model: LoadedModel | nn.Module, data: Split, attacks: Sequence[str | Attack], eps: Sequence[float] | float, *,
               norm: str = "linf", n: int | None = None, seed: int = 0, batch_size: int = 500,
               defense: Sequence[str | Defense] = (), mode: str = "adaptive", eot: int = 20, votes: int = 10,
-              calibration: Split | None = None) -> list[str]:
+              calibration: Split | None = None, device: str | torch.device | None = None) -> list[str]:
     """The store keys :func:`evaluate` would give its cells, one per eps, computed without
     attacking: a scheduler skips the cells already stored (same arguments, same meaning)."""
     return [c.key for c in cell_configs(model, data, attacks, eps, norm=norm, n=n, seed=seed, batch_size=batch_size,
-                                        defense=defense, mode=mode, eot=eot, votes=votes, calibration=calibration)]
+                                        defense=defense, mode=mode, eot=eot, votes=votes, calibration=calibration,
+                                        device=device)]
 
 
 def cell_configs(model: LoadedModel | nn.Module, data: Split, attacks: Sequence[str | Attack],
                  eps: Sequence[float] | float, *, norm: str = "linf", n: int | None = None, seed: int = 0,
                  batch_size: int = 500, defense: Sequence[str | Defense] = (), mode: str = "adaptive", eot: int = 20,
-                 votes: int = 10, calibration: Split | None = None) -> list[CellConfig]:
+                 votes: int = 10, calibration: Split | None = None,
+                 device: str | torch.device | None = None) -> list[CellConfig]:
     """The :class:`CellConfig` of each cell :func:`evaluate` would compute, one per eps."""
     plan = _plan(model, data, attacks, eps, norm=norm, n=n, seed=seed, batch_size=batch_size, defense=defense, mode=mode,
-                 eot=eot, votes=votes, calibration=calibration)
+                 eot=eot, votes=votes, calibration=calibration, device=device)
     return list(plan.configs)
 
 
@@ -632,12 +650,14 @@ _FITTED: dict[str, Fitted] = {}
 def _fit(detector: Detector, lm: LoadedModel, pre: tuple[Defense, ...], calib: Split, seed: int) -> Fitted:
     """Fit a detector on clean calibration points, once per model, chain and calibration set."""
     key = digest({"weights": lm.weights_sha256, "detector": method_identity(detector)[0],
-                  "pre": [method_identity(d)[0] for d in pre], "calibration": calib.sha256(), "seed": seed})
+                  "pre": [method_identity(d)[0] for d in pre], "calibration": calib.sha256(), "seed": seed,
+                  "device": str(devices.of(lm.model))})
     if key not in _FITTED:
         classifier = Defended(lm.model, pre, seed=int(key[:15], 16))
         with eval_mode(lm.model):
-            _FITTED[key] = fit_detector(detector, classifier.surface(1), lm.model, calib.floats(), calib.labels,
-                                        seed=int(key[15:30], 16))
+            dev = devices.of(lm.model)
+            _FITTED[key] = fit_detector(detector, classifier.surface(1), lm.model, calib.floats().to(dev),
+                                        calib.labels.to(dev), seed=int(key[15:30], 16))
         while len(_FITTED) > 16:
             _FITTED.pop(next(iter(_FITTED)))
     return _FITTED[key]
@@ -807,7 +827,7 @@ class _Ladder:
         n = len(robust)
         # Where the gradient dies is looked for on clean-correct points (a wrong one has no loss to climb).
         look = robust.nonzero().squeeze(1)[:16]
-        look = look if look.numel() >= 4 else torch.arange(min(n, 16))
+        look = look if look.numel() >= 4 else torch.arange(min(n, 16), device=robust.device)
         bpda, bare = self.setup.ladder_views(_seed(self.draws, "escalation", "defense"))
         record: list[dict[str, Any]] = []
         self.used: list[tuple[ladder_mod.Step, nn.Module, list[Attack]]] = []
@@ -952,7 +972,8 @@ class _Ladder:
 def escalate(result: EvalResult, model: LoadedModel | nn.Module, data: Split, *, defense: Sequence[str | Defense] = (),
              mode: str = "adaptive", eot: int = 20, votes: int = 10, batch_size: int = 500,
              checks: CheckConfig = CheckConfig(), config: EscalationConfig = EscalationConfig(), store: Any | None = None,
-             calibration: Split | None = None, tolerance: float = 1e-5) -> EvalResult:
+             calibration: Split | None = None, tolerance: float = 1e-5,
+             device: str | torch.device | None = None) -> EvalResult:
     """Escalate one stored or combined cell whose checks failed (a profile's per-example worst case
     over single-attack cells), as :func:`evaluate` escalates its own: ``model``, ``data`` and the
     defense arguments must be those the cell was computed with. A cell whose checks passed, an
@@ -961,7 +982,7 @@ def escalate(result: EvalResult, model: LoadedModel | nn.Module, data: Split, *,
             v.passed is False for v in result.checks):
         return result
     plan = _plan(model, data, ["fgsm"], [result.eps], norm=result.norm, n=result.n, seed=result.seed, batch_size=batch_size,
-                 defense=defense, mode=mode, eot=eot, votes=votes, calibration=calibration)
+                 defense=defense, mode=mode, eot=eot, votes=votes, calibration=calibration, device=device)
     if (plan.lm.weights_sha256, plan.subset.sha256()) != (result.weights_sha256, result.data_sha256):
         raise ValueError(f"escalate: the cell {result.key[:16]}... was computed on other weights or data than given")
     fitted = _fit(plan.detector, plan.lm, plan.pre, plan.calibration, result.seed) if plan.detector is not None else None
@@ -971,26 +992,25 @@ def escalate(result: EvalResult, model: LoadedModel | nn.Module, data: Split, *,
         attacks = [specs.attack(a) for a in result.attacks]
     except (ValueError, TypeError, KeyError):
         attacks = []
-    ladder = _Ladder(plan, setup, guard, plan.subset.floats(), plan.subset.labels.clone(), checks, config, batch_size,
-                     tolerance, store, attacks=attacks)
+    ladder = _Ladder(plan, setup, guard, *plan.inputs(), checks, config, batch_size, tolerance, store, attacks=attacks)
     return ladder.climb(result)
 
 
 def recheck(config: dict[str, Any], model: LoadedModel, data: Split, accuracies: dict[float, float],
             defenses: Sequence[Defense | Detector], calibration: Split | None = None,
-            attacks: Sequence[Attack] = ()) -> tuple[Verdict, ...]:
+            attacks: Sequence[Attack] = (), device: str | torch.device | None = None) -> tuple[Verdict, ...]:
     """Re-run one stored set of gradient-masking verdicts from its config (``rbl verify``):
     ``accuracies`` are the robust accuracies of the cells it names, ``defenses`` and ``attacks``
     (those the binarization test ran) rebuilt from their stored configs."""
     cell = CellConfig.from_dict(config["cell"])
     plan = _plan(model, data, ["fgsm"], [cell.eps], norm=cell.norm, n=cell.n, seed=cell.seed,
                  batch_size=cell.batch_size or 500, defense=defenses, mode=cell.mode if cell.defenses else "adaptive",
-                 eot=cell.eot, votes=cell.votes, calibration=calibration)
+                 eot=cell.eot, votes=cell.votes, calibration=calibration, device=device)
     fitted = _fit(plan.detector, plan.lm, plan.pre, plan.calibration, cell.seed) if plan.detector is not None else None
     guard = _Guard(plan.lm.model, fitted)
     mode = cell.mode if cell.defenses else "adaptive"
     setup = _Setup(plan.lm.model, guard, plan.pre, fitted, mode, cell.eot, cell.votes, cell.batch_size or 500)
-    verdicts = _check(setup, plan.subset.floats(), plan.subset.labels.clone(), Threat(cell.norm, cell.eps), accuracies,
+    verdicts = _check(setup, *plan.inputs(), Threat(cell.norm, cell.eps), accuracies,
                       CheckConfig(**config["settings"]), _seed(checks_random_key(config), "checks"),
                       sources=_user_source(attacks))
     guard.check("the gradient-masking checks")
@@ -1012,10 +1032,10 @@ def _check(setup: _Setup, x: torch.Tensor, y: torch.Tensor, threat: Threat, accu
                      else functools.partial(str, "no attack of the evaluation to test"))
     adaptive = setup.defended and setup.mode in ADAPTIVE_MODES
     # The defense steps whose own autograd the attack follows (adaptive mode, declared differentiable).
-    followed = tuple((d.spec(), functools.partial(d.transform, generator=torch.Generator().manual_seed(seed)))
+    followed = tuple((d.spec(), functools.partial(d.transform, generator=devices.generator(seed, x.device)))
                      for d in setup.pre if setup.mode == "adaptive" and d.differentiable)
     probe = Probe(deployed=deployed, surface=surface, judge=judge, x=x[:cfg.n].clone(), y=y[:cfg.n].clone(), threat=threat,
-                  config=cfg, generator=torch.Generator().manual_seed(seed), bare=setup.attack_model if adaptive else None,
+                  config=cfg, generator=devices.generator(seed, x.device), bare=setup.attack_model if adaptive else None,
                   declared_stochastic=any(d.stochastic for d in setup.pre),
                   bpda=adaptive and (setup.mode == "bpda" or not all(d.differentiable for d in setup.parts)),
                   rejects=setup.detector is not None, accuracies=accuracies, classifier=setup.attack_model,
@@ -1051,7 +1071,7 @@ def _binarization(setup: _Setup, x: torch.Tensor, y: torch.Tensor, threat: Threa
         return "no clean-correct point to test"
     xs = x[pick].clone()
     k = len(xs)
-    g = torch.Generator().manual_seed(seed)
+    g = devices.generator(seed, x.device)
     model, head = binarize_mod.install(setup.model, xs[:2], k)
     inner, boundary = binarize_mod.samples(xs, threat, g)
     m = inner.shape[1]

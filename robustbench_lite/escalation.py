@@ -222,7 +222,7 @@ class EOT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logp = torch.stack([torch.log_softmax(self.model(x), dim=1) for _ in range(self.k)])
-        return torch.logsumexp(logp, dim=0) - torch.log(torch.tensor(float(self.k)))
+        return torch.logsumexp(logp, dim=0) - torch.log(torch.tensor(float(self.k), device=logp.device))
 
 
 @dataclass
@@ -300,7 +300,7 @@ def locate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rounds: int = 3) 
             return points
         named = {(n.removeprefix("model."), c, w): a for (n, c, w), a in named.items() if n != "model"}
         found = [_Point(n, c, "output") for (n, c, w), a in named.items() if w == "output" and int(a.sum()) > half
-                 and int(named.get((n, c, "input"), torch.zeros(1, dtype=torch.bool)).sum()) <= half
+                 and int(named.get((n, c, "input"), torch.zeros(1, dtype=torch.bool)).sum()) <= half  # cpu: bookkeeping
                  and not any(p.module == n and p.call == c for p in points)]
         found = [p for p in found if not any(o.module.startswith(p.module + ".") for o in found)]
         if not found:

@@ -12,6 +12,8 @@ Ray worker that dies mid-task (killed, out of memory, node lost) has its task re
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import logging
 import os
@@ -47,6 +49,7 @@ class Task:
     checks: bool
     keys: tuple[str, ...]  # the store keys of its cells, one per eps (engine.cell_keys)
     check_attacks: tuple[str, ...] | None = None  # what the checks' binarization test runs (the row's attacks)
+    device: str = "cpu"  # where the driver planned its cells (their keys hold the device type)
 
     @property
     def label(self) -> str:
@@ -142,7 +145,7 @@ def run_task(task: Task, model: LoadedModel, test: Split, plugins: Sequence[Plug
     for plugin in plugins:
         plugin.load()
     sink = _Collector()
-    results = evaluate(model, test, [task.attack], task.eps, norm=task.norm, n=task.n, store=sink,
+    results = evaluate(model, test, [task.attack], task.eps, norm=task.norm, n=task.n, store=sink, device=task.device,
                        checks=CheckConfig(attacks=task.check_attacks) if task.checks else None, escalate=None)  # the grid escalates its worst cases
     got = tuple(r.key for r in results)
     if got != task.keys:  # the driver and the worker disagree on what the cell is: never store it
@@ -199,6 +202,8 @@ def _ray_task(task: Task, model: LoadedModel, test: Split, plugins: Sequence[Plu
     import torch
 
     torch.set_num_threads(threads)  # the CPUs the task declared, not every core of the node
+    if task.device.startswith("cuda"):  # Ray shows a task the GPU it was given as its only one
+        task = dataclasses.replace(task, device="cuda")
     return run_task(task, model, test, plugins)
 
 
@@ -210,7 +215,7 @@ class RayExecutor(Executor):
         address: the cluster to join (``ray start --head`` prints it; ``auto`` finds a local
             one); None starts a private Ray on this machine, unless ``RAY_ADDRESS`` is set.
         cpus_per_task: CPUs each task declares, and the torch threads it uses.
-        gpus_per_task: GPUs each task declares (0: the engine runs attacks on CPU).
+        gpus_per_task: GPUs each task declares (``make`` sets 1 for a CUDA device, else 0).
         max_retries: how often a task whose worker died is run again before it is recorded
             as failed. An exception raised by the task itself is never retried: it would
             raise again.
@@ -248,10 +253,15 @@ class RayExecutor(Executor):
         remote = ray.remote(_ray_task).options(num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_task,
                                                max_retries=self.max_retries, retry_exceptions=False)
         test_ref = ray.put(test)
-        model_refs = {name: ray.put(models[name]) for name in {t.model for t in tasks}}
+        # Shipped from the CPU: each worker moves its model to the device it was given.
+        model_refs = {name: ray.put(dataclasses.replace(models[name], model=copy.deepcopy(models[name].model).cpu()))
+                      for name in {t.model for t in tasks}}
         # Submit no more tasks than the cluster can run at once: the submitted ones are then the
         # running ones, and the progress line tells running from queued.
-        slots = max(1, int(ray.cluster_resources().get("CPU", 1) // self.cpus_per_task))
+        resources = ray.cluster_resources()
+        slots = max(1, int(resources.get("CPU", 1) // self.cpus_per_task))
+        if self.gpus_per_task:
+            slots = max(1, min(slots, int(resources.get("GPU", 0) // self.gpus_per_task)))
         todo = list(tasks)
         flying: dict[Any, Task] = {}
         while todo or flying:
@@ -279,14 +289,17 @@ class RayExecutor(Executor):
             return Failed(task, _error(exc))
 
 
-def make(name: str, *, address: str | None = None, cpus_per_task: int = 1, max_retries: int = 3) -> Executor:
-    """An executor by name (the CLI's ``--executor``)."""
+def make(name: str, *, address: str | None = None, cpus_per_task: int = 1, max_retries: int = 3,
+         device: str = "cpu") -> Executor:
+    """An executor by name (the CLI's ``--executor``); a Ray task declares one GPU when the
+    device is a CUDA one."""
     if name == "local":
         if address is not None:
             raise ValueError("--ray-address needs --executor ray")
         return LocalExecutor()
     if name == "ray":
-        return RayExecutor(address=address, cpus_per_task=cpus_per_task, max_retries=max_retries)
+        return RayExecutor(address=address, cpus_per_task=cpus_per_task, max_retries=max_retries,
+                           gpus_per_task=1 if str(device).startswith("cuda") else 0)
     raise ValueError(f"unknown executor {name!r}; allowed: {', '.join(EXECUTORS)}")
 
 

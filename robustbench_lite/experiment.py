@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import torch
 
-from . import __version__
+from . import __version__, devices
 from .data import Split
 from .registry import EXPERIMENTS
 from .zoo import LoadedModel
@@ -39,15 +39,23 @@ class Experiment(ABC):
 
 
 def execute(experiment: Experiment, models: Sequence[LoadedModel], train: Split, test: Split, *,
-            store: Any | None = None, seed: int = 0) -> list[tuple[Outcome, str | None]]:
-    """Run an experiment and store every outcome as an artifact; returns (outcome, key)."""
+            store: Any | None = None, seed: int = 0,
+            device: str | torch.device | None = None) -> list[tuple[Outcome, str | None]]:
+    """Run an experiment and store every outcome as an artifact; returns (outcome, key).
+
+    ``device`` (``auto``, ``cpu``, ``cuda[:N]``, ``mps``; None is the CPU) is where the models
+    and both splits go before the experiment runs, so what it computes from them follows; an
+    artifact's tensors are stored from the CPU, and a run off the CPU records its device."""
     if not models:
         raise ValueError("an experiment needs at least one model")
     datasets = {lm.dataset for lm in models} | {train.dataset, test.dataset}
     if len(datasets) != 1:
         raise ValueError(f"models and data must share one dataset, got {sorted(datasets)}")
+    dev = devices.resolve(device or "cpu")
+    for lm in models:
+        lm.model.to(dev)
     torch.manual_seed(seed)
-    outcomes = experiment.run(models, train, test, seed=seed)
+    outcomes = experiment.run(models, train.to(dev), test.to(dev), seed=seed)
     shas = {lm.name: lm.weights_sha256 for lm in models}
     # What re-running it takes (``rbl verify``): every model of the run, in order, and both splits.
     run = [{"name": lm.name, "weights_sha256": lm.weights_sha256, "arch": lm.arch, "source": lm.source} for lm in models]
@@ -57,8 +65,8 @@ def execute(experiment: Experiment, models: Sequence[LoadedModel], train: Split,
         if store is not None:
             meta = {"model": o.model, "dataset": test.dataset, "weights_sha256": shas.get(o.model), "config": experiment.config(),
                     "metrics": o.metrics, "seed": seed, "test_sha256": test.sha256(), "version": __version__,
-                    "models": run, "train_sha256": train.sha256()}
-            key = store.put_artifact(experiment.config()["experiment"], meta, o.tensors)
+                    "models": run, "train_sha256": train.sha256()} | ({"device": dev.type} if dev.type != "cpu" else {})
+            key = store.put_artifact(experiment.config()["experiment"], meta, {k: v.cpu() for k, v in o.tensors.items()})
         out.append((o, key))
     return out
 

@@ -187,8 +187,9 @@ def parse(raw: dict[str, Any], where: str = "suite") -> Suite:
                  checks_n=int(s.get("checks_n", 100)), escalate=bool(s.get("escalate", True)), path=where)
 
 
-def run(suite: Suite, store: Any | None = None, data_dir: str | None = None, progress: bool = False) -> list[Row]:
-    """Evaluate every gate at every eps and judge it against its thresholds."""
+def run(suite: Suite, store: Any | None = None, data_dir: str | None = None, progress: bool = False,
+        device: str | None = None) -> list[Row]:
+    """Evaluate every gate at every eps (on ``device``, None the CPU) and judge it against its thresholds."""
     rows: list[Row] = []
     for g in suite.gates:
         lm = zoo.load_any(g.source)
@@ -197,7 +198,7 @@ def run(suite: Suite, store: Any | None = None, data_dir: str | None = None, pro
         results = evaluate(lm, test, list(suite.attacks), list(suite.eps), norm=suite.norm, n=suite.n, seed=suite.seed,
                            store=store, defense=list(g.defenses), mode=g.mode, progress=progress,
                            checks=CheckConfig(n=min(suite.checks_n, suite.n)) if suite.checks else None,
-                           escalate=EscalationConfig() if suite.escalate else None)
+                           escalate=EscalationConfig() if suite.escalate else None, device=device or "cpu")
         for r in results:
             target = next((v for e, v in g.min_robust.items() if abs(e - r.eps) < 1e-12), None)
             problems = []

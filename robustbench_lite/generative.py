@@ -23,6 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import data as data_mod
+from . import devices
 from .paths import cache_dir
 from .registry import GENERATIVE
 from .rng import PointStreams
@@ -150,7 +151,7 @@ def build(kind: str, dataset: str, **hp: Any) -> GenerativeModel:
 def train(kind: str, dataset: str = "fmnist", *, epochs: int | None = None, batch_size: int = 128, lr: float | None = None,
           seed: int = 0, train_subset: int | None = None, test_n: int = 2000, classifier: str | None = "auto",
           out: Path | None = None, data_dir: str | None = None, progress: bool = False, store: Any | None = None,
-          **hp: Any) -> LoadedGenerative:
+          device: str | torch.device | None = "cpu", **hp: Any) -> LoadedGenerative:
     """Train a registered generative model and save it with its card.
 
     Args:
@@ -180,19 +181,22 @@ def train(kind: str, dataset: str = "fmnist", *, epochs: int | None = None, batc
     if train_subset is not None:
         check_int("train-generative", "train_subset", train_subset, 1)
     torch.manual_seed(seed)
-    model = build(kind, dataset, **hp)  # again, after seeding, so the initial weights are reproducible
+    dev = devices.resolve(device)
+    model = build(kind, dataset, **hp).to(dev)  # again, after seeding, so the initial weights are reproducible
     judge = None
     if classifier == "auto":
         auto = zoo.zoo_name("smallcnn", dataset, "standard")
         judge = zoo.load(auto) if zoo.is_trained(auto) else None
     elif classifier:
         judge = zoo.load_any(classifier)
+    if judge is not None:
+        judge.model.to(dev)
     train_split = data_mod.load(dataset, "train", data_dir=data_dir)
     if train_subset:
         train_split = train_split.first(min(train_subset, len(train_split)))
     test_split = data_mod.load(dataset, "test", data_dir=data_dir).first(test_n)
-    x_all = train_split.floats()
-    gen = torch.Generator().manual_seed(seed)
+    x_all = train_split.floats().to(dev)
+    gen = devices.generator(seed, dev)
     opts = model.optimizers(lr)
     curves: list[dict[str, float]] = []
     start = time.perf_counter()
@@ -200,7 +204,7 @@ def train(kind: str, dataset: str = "fmnist", *, epochs: int | None = None, batc
     for epoch in bar:
         model.train()
         sums: dict[str, float] = {}
-        batches = torch.randperm(len(x_all), generator=gen).split(batch_size)
+        batches = torch.randperm(len(x_all), generator=gen, device=dev).split(batch_size)
         for idx in batches:
             for k, v in model.train_step(x_all[idx], opts, gen).items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -218,8 +222,8 @@ def train(kind: str, dataset: str = "fmnist", *, epochs: int | None = None, batc
                                            "train_subset": train_subset, **model_hparams(model)},
                           seed=seed, data_sha256=train_split.sha256(), metrics=metrics,
                           created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                          versions=versions(), train_seconds=round(seconds, 2), curves=curves)
-    card = save(model, card, Path(out or checkpoint_dir(name)))
+                          versions=versions() | ({"device": dev.type} if dev.type != "cpu" else {}), train_seconds=round(seconds, 2), curves=curves)
+    card = save(model.cpu(), card, Path(out or checkpoint_dir(name)))
     if store is not None:
         meta = {"model": name, "kind": kind, "dataset": dataset, "weights_sha256": card.weights_sha256,
                 "metrics": metrics, "hyperparameters": card.hyperparameters}
@@ -232,8 +236,9 @@ def pictures(model: GenerativeModel, test: data_mod.Split, seed: int, n: int = 8
     """What the report shows of a generative model: test images and their reconstructions,
     samples from the prior, and a latent interpolation between two test images (a model with
     an encoder) or two prior draws (a GAN)."""
-    gen = torch.Generator().manual_seed(seed)
-    x = test.first(n).floats()
+    dev = devices.of(model)
+    gen = devices.generator(seed, dev)
+    x = test.first(n).floats().to(dev)
     out: dict[str, torch.Tensor] = {}
     if "reconstruct" in model.abilities:
         out |= {"originals": x, "reconstructions": model.reconstruct(x)}
@@ -244,12 +249,12 @@ def pictures(model: GenerativeModel, test: data_mod.Split, seed: int, n: int = 8
         if "encode" in model.abilities:
             labels = test.first(64).labels
             j = int((labels != labels[0]).nonzero()[0])
-            ends = model.encode(test.first(64).floats()[[0, j]])
+            ends = model.encode(test.first(64).floats()[[0, j]].to(dev))
         else:
-            ends = torch.randn(2, model.latent, generator=gen)
-        t = torch.linspace(0, 1, steps).view(-1, *([1] * (ends.ndim - 1)))
+            ends = torch.randn(2, model.latent, generator=gen, device=dev)
+        t = torch.linspace(0, 1, steps, device=dev).view(-1, *([1] * (ends.ndim - 1)))
         out["interpolation"] = model.decode((1 - t) * ends[:1] + t * ends[1:])
-    return out
+    return {k: v.cpu() for k, v in out.items()}
 
 
 def model_hparams(model: GenerativeModel) -> dict[str, Any]:
@@ -263,8 +268,9 @@ def evaluate(model: GenerativeModel, test: data_mod.Split, judge: Any, seed: int
     confidence on samples."""
     from .engine import predict
 
-    gen = torch.Generator().manual_seed(seed)
-    x, y = test.floats(), test.labels
+    dev = devices.of(model)
+    gen = devices.generator(seed, dev)
+    x, y = test.floats().to(dev), test.labels.to(dev)
     out: dict[str, Any] = {"test_n": len(x), **model.metrics(x, gen)}
     if judge is None:
         return out
@@ -300,7 +306,7 @@ def invert(model: GenerativeModel, x: torch.Tensor, *, steps: int = 200, restart
             z = z.detach() - lr * velocity
     with torch.no_grad():
         err = (model.decode(z) - target).pow(2).flatten(1).mean(1).view(r, n)
-        return z.view(r, n, -1)[err.argmin(0), torch.arange(n)]
+        return z.view(r, n, -1)[err.argmin(0), torch.arange(n, device=z.device)]
 
 
 def through_range(model: GenerativeModel, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -374,17 +380,19 @@ def load(source: str) -> LoadedGenerative:
 
 
 LOOP_SETTINGS = ("epochs", "batch_size", "lr", "train_subset")
-_CACHE: dict[tuple[str, int, int], LoadedGenerative] = {}
+_CACHE: dict[tuple[str, int, int, str], LoadedGenerative] = {}
 
 
-def cached(source: str) -> LoadedGenerative:
-    """:func:`load`, memoised while the weights file is unchanged (path, size, mtime), so a
-    defense does not re-read its model on every batch."""
+def cached(source: str, device: torch.device | str = "cpu") -> LoadedGenerative:
+    """:func:`load` onto ``device``, memoised per device while the weights file is unchanged
+    (path, size, mtime), so a defense does not re-read its model on every batch."""
     weights = resolve(source) / WEIGHTS
     st = weights.stat() if weights.is_file() else None
-    key = (str(weights.resolve()), st.st_size if st else -1, st.st_mtime_ns if st else -1)
+    key = (str(weights.resolve()), st.st_size if st else -1, st.st_mtime_ns if st else -1, str(torch.device(device)))
     if key not in _CACHE:
-        _CACHE[key] = load(source)
+        loaded = load(source)
+        loaded.model.to(device)
+        _CACHE[key] = loaded
         while len(_CACHE) > 8:
             _CACHE.pop(next(iter(_CACHE)))
     return _CACHE[key]

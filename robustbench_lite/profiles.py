@@ -89,30 +89,34 @@ class GridError(RuntimeError):
     """Some cells of a grid failed; the others are stored."""
 
 
-def tasks(profile: Profile, models: dict[str, LoadedModel], test: data_mod.Split) -> list[Task]:
+def tasks(profile: Profile, models: dict[str, LoadedModel], test: data_mod.Split, device: str = "cpu") -> list[Task]:
     """The grid as tasks: one per (model, attack), over every eps, with the store keys of its cells."""
     out = []
     for name in profile.models:
         for i, attack in enumerate(profile.attacks):
-            keys = cell_keys(models[name], test, [attack], profile.eps, norm=profile.norm, n=profile.n)
+            keys = cell_keys(models[name], test, [attack], profile.eps, norm=profile.norm, n=profile.n, device=device)
             # The masking checks describe the model, not an attack: one run, with the first attack.
             out.append(Task(name, attack, profile.eps, profile.norm, profile.n, checks=profile.checks and i == 0, keys=tuple(keys),
-                            check_attacks=profile.attacks))
+                            check_attacks=profile.attacks, device=device))
     return out
 
 
 def run_grid(profile: Profile, store: Store, *, data_dir: str | None = None, progress: bool = False,
              on_model: Callable[[str], Any] | None = None, executor: Executor | None = None,
              plugins: Sequence[str | Path] = (), on_progress: Callable[[Progress, Any], Any] | None = None,
-             zoo_dir: str | Path | None = None) -> Grid:
+             zoo_dir: str | Path | None = None, device: str | None = None) -> Grid:
     """Train what is missing (here, one model after another), evaluate every (model, attack, eps)
     cell with ``executor`` (default: in this process), then store the per-example worst case
     over the attacks. Cells already in the store are read, not recomputed; a (model, eps) with a
     failed attack gets no worst case (it would overstate robustness).
 
     With ``zoo_dir`` (a bundle, :mod:`robustbench_lite.bundle`) the models are the bundle's,
-    verified, and nothing is trained or read from the cache."""
+    verified, and nothing is trained or read from the cache. ``device`` (``auto``, ``cpu``,
+    ``cuda[:N]``, ``mps``; None is the CPU) is where models train and cells run."""
+    from . import devices
     from .plugins import load_all
+
+    device = str(devices.resolve(device or "cpu"))
 
     load_all([str(p) for p in plugins])  # here, for planning and the local executor; shipped by content to Ray
     shipped = None
@@ -137,9 +141,9 @@ def run_grid(profile: Profile, store: Store, *, data_dir: str | None = None, pro
         arch, dataset, recipe = zoo.parse_name(name)
         if not zoo.is_trained(name) and not zoo.fetchable(name):
             _log.info("training %s", name)
-            train(TrainConfig(arch=arch, dataset=dataset, recipe=recipe), data_dir=data_dir, progress=progress)
+            train(TrainConfig(arch=arch, dataset=dataset, recipe=recipe), data_dir=data_dir, progress=progress, device=device)
         models[name] = zoo.load(name)
-    grid = tasks(profile, models, test)
+    grid = tasks(profile, models, test, device)
     cells, failures = execute(grid, store, executor or LocalExecutor(), models, test,
                               plugins=[Plugin.read(p) for p in plugins], on_progress=on_progress)
     by_key = {r.key: r for r in cells}
@@ -156,7 +160,8 @@ def run_grid(profile: Profile, store: Store, *, data_dir: str | None = None, pro
                 results.append(worst)
                 # A failed check escalates the row's worst case, the number that is ranked.
                 if profile.checks and any(v.passed is False for v in worst.checks):
-                    results.append(escalate(worst, models[name], test, store=store, checks=CheckConfig(attacks=profile.attacks)))
+                    results.append(escalate(worst, models[name], test, store=store, checks=CheckConfig(attacks=profile.attacks),
+                                            device=device))
     return Grid(results, failures)
 
 

@@ -85,7 +85,8 @@ class PointStreams:
             return generator
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, PointStreams or None, got {type(generator).__name__}")
-        keys = torch.randint(0, 2**31 - 1, (n,), generator=generator, dtype=torch.int64)
+        keys = torch.randint(0, 2**31 - 1, (n,), generator=generator, dtype=torch.int64,
+                             device=generator.device if generator is not None else None)
         return cls(keys.to(device))
 
     def __len__(self) -> int:
@@ -140,5 +141,5 @@ def as_generator(generator: "torch.Generator | PointStreams | None") -> torch.Ge
     one seeded from its keys (its draws then depend on the batch, which is why such code declares
     itself not batch-invariant)."""
     if isinstance(generator, PointStreams):
-        return torch.Generator().manual_seed(generator.seed())
+        return torch.Generator(device=generator.keys.device).manual_seed(generator.seed())
     return generator

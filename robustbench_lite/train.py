@@ -3,6 +3,7 @@ a progress bar, per-epoch clean and PGD curves, a catastrophic-overfitting guard
 card written atomically beside the safetensors weights."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -17,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import data as data_mod
-from . import zoo
+from . import devices, zoo
 from .engine import predict
 from .provenance import versions
 from .attack import check_int
@@ -43,6 +44,7 @@ class TrainConfig:
     train_subset: int | None = None
     schedule: str | None = None
     monitor_n: int = 500
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.epochs is not None and (isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1):
@@ -57,6 +59,8 @@ class TrainConfig:
         if self.schedule is not None and self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; allowed: {', '.join(SCHEDULES)}")
         check_int("train", "monitor_n", self.monitor_n, 1)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; allowed: {', '.join(PRECISIONS)}")
         if self.dataset not in data_mod.DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; allowed: {', '.join(data_mod.DATASETS)}")
         if not self.arch.startswith("timm:"):
@@ -77,7 +81,7 @@ class TrainConfig:
 
 def train(config: TrainConfig, *, out: Path | None = None, data_dir: str | None = None,
           pretrained: str | None = None, progress: bool = False, resume: bool = True,
-          train_split: data_mod.Split | None = None) -> zoo.ModelCard:
+          train_split: data_mod.Split | None = None, device: str | torch.device | None = None) -> zoo.ModelCard:
     """Train ``config.arch`` on ``config.dataset`` with ``config.recipe`` and save a checkpoint.
 
     After every epoch the loop measures clean accuracy and PGD-10 accuracy (at the recipe's
@@ -94,6 +98,12 @@ def train(config: TrainConfig, *, out: Path | None = None, data_dir: str | None 
         resume: continue from ``out/resume.pt`` when one exists (False starts afresh).
         train_split: train on these images and labels instead of the dataset's training split
             (a synthesized set: ``rbl experiment nonrobust``); its sha256 is in the card.
+        device: where to train (``auto``, ``cpu``, ``cuda[:N]``, ``mps``; None is the CPU). In a
+            distributed run on CUDA each rank takes the GPU of its local rank. The device type
+            is in the card's hyperparameters, and the weights are saved from the CPU.
+
+    ``config.precision`` ``bf16`` or ``fp16`` runs the forward passes (the recipe's attacks
+    included) under autocast, fp16 with a gradient scaler; the weights stay float32.
 
     Returns:
         The saved :class:`~robustbench_lite.zoo.ModelCard`.
@@ -113,43 +123,49 @@ def train(config: TrainConfig, *, out: Path | None = None, data_dir: str | None 
     out = Path(out or zoo.checkpoint_dir(name))
     identity = _identity(cfg, recipe, train_split, pretrained)
 
-    dist = Distributed.from_env()
+    dev = devices.resolve(device or "cpu")
+    dist = Distributed.from_env(dev)
+    dev = dist.device(dev)
+    devices.deterministic(dev)
     torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)  # cpu: the data order, the same on every device
     # Seed policy: every rank draws the data order from the same seed (so the ranks agree on
-    # each global batch); a recipe's own randomness (random starts, ...) comes from a per-rank
-    # stream. A single process keeps one stream for both, as it always has.
-    rgen = gen if dist.world == 1 else torch.Generator().manual_seed(cfg.seed + 1_000_003 * dist.rank)
-    model = zoo.build(cfg.arch, info, pretrained=pretrained)
-    net = dist.wrap(model)
+    # each global batch) on the CPU, whatever the device; a recipe's own randomness (random
+    # starts, ...) comes from a per-rank stream on the device. A single process on the CPU keeps
+    # one stream for both, as it always has.
+    rgen = gen if dist.world == 1 and dev.type == "cpu" else devices.generator(cfg.seed + 1_000_003 * dist.rank, dev)
+    model = zoo.build(cfg.arch, info, pretrained=pretrained).to(dev)
+    net = dist.wrap(model, dev)
+    amp = _Precision(cfg.precision, dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_split) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, SCHEDULES[cfg.schedule or recipe.schedule](cfg.epochs * steps_per_epoch))
     state = _State(curves=[], notes=[])
     if resume:
-        state = _load_resume(out / RESUME, identity, model, opt, sched, gen) or state
+        state = _load_resume(out / RESUME, identity, model, opt, sched, gen, rgen, amp) or state
     monitor = _Monitor(train_split.first(min(cfg.monitor_n, len(train_split))),
-                       test_split.first(min(cfg.monitor_n, len(test_split))), recipe.monitor_eps, cfg.seed)
-    x_all, y_all = train_split.floats(), train_split.labels
+                       test_split.first(min(cfg.monitor_n, len(test_split))), recipe.monitor_eps, cfg.seed, dev)
+    x_all, y_all = train_split.floats().to(dev), train_split.labels.to(dev)
     start = time.perf_counter() - state.seconds
     for epoch in range(len(state.curves), cfg.epochs):
         epoch_start = time.perf_counter()
         model.train()
-        perm = torch.randperm(len(train_split), generator=gen)
+        perm = torch.randperm(len(train_split), generator=gen).to(dev)  # cpu: see gen
         sums = {"loss": 0.0, "clean": 0, "clean_n": 0, "adv": 0, "adv_n": 0, "n": 0}
         bar = tqdm(perm.split(cfg.batch_size), desc=f"{name} epoch {epoch + 1}/{cfg.epochs}",
                    disable=not progress or dist.rank != 0, leave=False)
         for i, idx in enumerate(bar):
             shard, share = dist.shard(idx)
             x, y = x_all[shard], y_all[shard]
-            step = recipe.loss(net, x, y, rgen, (epoch + i / steps_per_epoch) / cfg.epochs)
+            with amp.autocast():
+                step = recipe.loss(net, x, y, rgen, (epoch + i / steps_per_epoch) / cfg.epochs)
             if not torch.isfinite(step.loss):
                 raise FloatingPointError(f"training loss became {step.loss.item()} at epoch {epoch + 1}; lower --lr")
             opt.zero_grad(set_to_none=True)
             # DDP averages the ranks' gradients; weighting each rank's mean by its share of the
             # global batch makes that average the gradient of the global batch's mean loss.
-            (step.loss * dist.weight(share, len(idx))).backward()
-            opt.step()
+            amp.backward(step.loss * dist.weight(share, len(idx)))
+            amp.step(opt)
             sched.step()
             if share:
                 _accumulate(sums, step, y)
@@ -172,12 +188,13 @@ def train(config: TrainConfig, *, out: Path | None = None, data_dir: str | None 
             break
         state.seconds = time.perf_counter() - start
         if dist.rank == 0:
-            _save_resume(out / RESUME, identity, state, model, opt, sched, gen)
+            _save_resume(out / RESUME, identity, state, model, opt, sched, gen, rgen, amp)
     model.eval()
     hyper = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("arch", "dataset", "recipe", "seed", "recipe_kw")}
     hyper |= {"optimizer": "AdamW", "schedule": cfg.schedule or recipe.schedule, "recipe": recipe.config()}
     if pretrained:
         hyper["pretrained"] = os.path.basename(str(pretrained))
+    hyper["device"] = dev.type
     if dist.world > 1:
         hyper["distributed"] = dist.describe(model)
     if dist.rank != 0:  # rank 0 alone writes the checkpoint; the others return its card
@@ -190,7 +207,7 @@ def train(config: TrainConfig, *, out: Path | None = None, data_dir: str | None 
         versions=versions(), train_seconds=round(time.perf_counter() - start, 2), curves=state.curves, notes=state.notes,
     )
     try:
-        return zoo.save(model, card, out)  # replaces the folder, resume.pt included
+        return zoo.save(model.cpu(), card, out)  # replaces the folder, resume.pt included
     finally:
         dist.barrier()
 
@@ -199,7 +216,7 @@ RESUME = "resume.pt"
 
 
 @dataclasses.dataclass
-class _State:
+class _State:  # noqa: D101 - the loop's resumable state
     curves: list[dict[str, float]]
     notes: list[str]
     seconds: float = 0.0
@@ -216,11 +233,16 @@ def _identity(cfg: TrainConfig, recipe: Any, split: data_mod.Split, pretrained: 
 
 
 def _save_resume(path: Path, identity: dict[str, Any], state: _State, model: torch.nn.Module,
-                 opt: torch.optim.Optimizer, sched: Any, gen: torch.Generator) -> None:
+                 opt: torch.optim.Optimizer, sched: Any, gen: torch.Generator, rgen: torch.Generator,
+                 amp: "_Precision") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     blob = {"identity": identity, "curves": json.dumps(state.curves), "notes": json.dumps(state.notes),
             "seconds": state.seconds, "best": state.best, "model": model.state_dict(), "opt": opt.state_dict(),
             "sched": sched.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state()}
+    if rgen is not gen:  # the recipe's own stream, on the device
+        blob["rgen"] = rgen.get_state().cpu()
+    if amp.scaler is not None:
+        blob["scaler"] = amp.scaler.state_dict()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         torch.save(blob, tmp)
@@ -230,7 +252,7 @@ def _save_resume(path: Path, identity: dict[str, Any], state: _State, model: tor
 
 
 def _load_resume(path: Path, identity: dict[str, Any], model: torch.nn.Module, opt: torch.optim.Optimizer,
-                 sched: Any, gen: torch.Generator) -> _State | None:
+                 sched: Any, gen: torch.Generator, rgen: torch.Generator, amp: "_Precision") -> _State | None:
     if not path.is_file():
         return None
     try:
@@ -247,6 +269,12 @@ def _load_resume(path: Path, identity: dict[str, Any], model: torch.nn.Module, o
     sched.load_state_dict(blob["sched"])
     gen.set_state(blob["gen"])
     torch.set_rng_state(blob["torch_rng"])
+    if rgen is not gen and "rgen" in blob:
+        rgen.set_state(blob["rgen"])
+    if amp.scaler is not None and "scaler" in blob:
+        amp.scaler.load_state_dict(blob["scaler"])
+    if state_best := blob["best"]:  # saved from the device the run was on
+        blob["best"] = (state_best[0], state_best[1], {k: v.to(devices.of(model)) for k, v in state_best[2].items()})
     state = _State(curves=json.loads(blob["curves"]), notes=json.loads(blob["notes"]), seconds=float(blob["seconds"]),
                    best=blob["best"])
     _log.info("resuming %s after epoch %d", path.parent.name, len(state.curves))
@@ -258,8 +286,10 @@ class _Monitor:
     the signals of catastrophic overfitting (Wong 2020): PGD accuracy on training points
     collapsing, or FGSM accuracy far above PGD accuracy (a masked gradient)."""
 
-    def __init__(self, train: data_mod.Split, test: data_mod.Split, eps: float, seed: int) -> None:
-        self.sets = {"train": (train.floats(), train.labels), "test": (test.floats(), test.labels)}
+    def __init__(self, train: data_mod.Split, test: data_mod.Split, eps: float, seed: int,
+                 device: torch.device = torch.device("cpu")) -> None:
+        self.sets = {part: (s.floats().to(device), s.labels.to(device)) for part, s in (("train", train), ("test", test))}
+        self.device = device
         self.threat = Threat("linf", eps)
         self.seed = seed
 
@@ -269,9 +299,37 @@ class _Monitor:
         for part, (x, y) in self.sets.items():
             row[f"clean_acc_{part}"] = _accuracy_of(model, x, y)
             for name, attack in attacks.items():
-                x_adv = attack(model, x, y, self.threat, generator=torch.Generator().manual_seed(self.seed))
+                x_adv = attack(model, x, y, self.threat, generator=devices.generator(self.seed, self.device))
                 row[f"{name}_acc_{part}"] = _accuracy_of(model, x_adv, y)
         return row
+
+
+#: Training precisions: float32, or autocast to bfloat16 or float16 (with a gradient scaler).
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+class _Precision:
+    """The loop's precision: the forward passes under autocast in bf16 or fp16, the weights and
+    the optimizer in float32; fp16 scales the loss so that small gradients do not underflow
+    (and skips a step whose gradients overflowed). fp32 is the plain loop."""
+
+    def __init__(self, precision: str, device: torch.device) -> None:
+        self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        self.device = device
+        self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+
+    def autocast(self) -> Any:
+        return contextlib.nullcontext() if self.dtype is None else torch.autocast(self.device.type, dtype=self.dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def step(self, opt: torch.optim.Optimizer) -> None:
+        if self.scaler is None:
+            opt.step()
+            return
+        self.scaler.step(opt)
+        self.scaler.update()
 
 
 def _accumulate(sums: dict[str, float], step: Any, y: torch.Tensor) -> None:
@@ -327,7 +385,8 @@ SCHEDULES = {"warmup_cosine": warmup_cosine, "cyclic": cyclic}
 
 
 def _accuracy(model: torch.nn.Module, split: data_mod.Split) -> float:
-    return _accuracy_of(model, split.floats(), split.labels)
+    dev = devices.of(model)
+    return _accuracy_of(model, split.floats().to(dev), split.labels.to(dev))
 
 
 def _accuracy_of(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -341,33 +400,49 @@ class Distributed:
 
     Each global batch (the same ``batch_size`` as a single process) is split into contiguous
     per-rank shards; DistributedDataParallel averages the gradients, so N processes take the
-    same steps as one process would, up to floating-point summation order. A model with
-    batch norm normalizes each shard with its own statistics on CPU (SyncBatchNorm needs GPUs).
+    same steps as one process would, up to floating-point summation order. On CUDA the ranks
+    talk over nccl, each on the GPU of its local rank, and batch norm becomes SyncBatchNorm
+    (statistics over the global batch); on the CPU they talk over gloo and a model with batch
+    norm normalizes each shard with its own statistics (SyncBatchNorm needs GPUs).
     """
 
     rank: int = 0
     world: int = 1
+    local_rank: int = 0
 
     @classmethod
-    def from_env(cls) -> "Distributed":
-        """Join the process group torchrun describes in the environment (gloo: the training
-        loop runs on CPU), or the one the caller already initialized."""
+    def from_env(cls, device: torch.device = torch.device("cpu")) -> "Distributed":
+        """Join the process group torchrun describes in the environment (nccl for a CUDA device,
+        else gloo), or the one the caller already initialized."""
         import torch.distributed as td
 
+        local = int(os.environ.get("LOCAL_RANK", "0"))
         if td.is_available() and td.is_initialized():
-            return cls(td.get_rank(), td.get_world_size())
+            return cls(td.get_rank(), td.get_world_size(), local)
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             return cls()
         if not td.is_available():
             raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
-        td.init_process_group(backend="gloo")
-        return cls(td.get_rank(), td.get_world_size())
+        if device.type == "cuda":
+            torch.cuda.set_device(local)
+        td.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        return cls(td.get_rank(), td.get_world_size(), local)
 
-    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+    def device(self, device: torch.device) -> torch.device:
+        """This rank's device: the GPU of its local rank in a distributed CUDA run."""
+        return torch.device("cuda", self.local_rank) if self.world > 1 and device.type == "cuda" else device
+
+    def wrap(self, model: torch.nn.Module, device: torch.device = torch.device("cpu")) -> torch.nn.Module:
+        """The model as the loop calls it: itself alone, else DistributedDataParallel. On CUDA its
+        batch norm layers are first swapped, in place, for SyncBatchNorm layers that take over
+        their parameters and buffers: the state dict (what is saved) keeps its keys."""
         if self.world == 1:
             return model
         from torch.nn.parallel import DistributedDataParallel
 
+        if device.type == "cuda":
+            return DistributedDataParallel(torch.nn.SyncBatchNorm.convert_sync_batchnorm(model),
+                                           device_ids=[device.index])
         return DistributedDataParallel(model)
 
     def shard(self, idx: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -388,7 +463,8 @@ class Distributed:
         import torch.distributed as td
 
         keys = sorted(sums)
-        t = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64)
+        t = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64,
+                         device="cuda" if td.get_backend() == "nccl" else "cpu")
         td.all_reduce(t)
         return dict(zip(keys, t.tolist()))
 

@@ -66,15 +66,20 @@ class _Unavailable(Exception):
 
 
 def verify(store: Store, *, sample: int | None = None, seed: int = 0, data_dir: str | None = None,
-           models: Sequence[str | Path] = (), on_outcome: Callable[[Outcome], Any] | None = None) -> list[Outcome]:
-    """Re-run ``sample`` stored rows (all by default), chosen with ``seed``; see the module docstring."""
+           models: Sequence[str | Path] = (), on_outcome: Callable[[Outcome], Any] | None = None,
+           device: str | None = None) -> list[Outcome]:
+    """Re-run ``sample`` stored rows (all by default), chosen with ``seed``; see the module docstring.
+
+    Each row is re-run on the device type it was computed on (unavailable where this machine
+    lacks it), or on ``device`` when one is given: a cell from another device is then another
+    cell, and the note says so."""
     rows: list[tuple[Any, ...]] = ([("cell", *r) for r in store.raw()] + [("checks", *r) for r in store.raw_checks()]
                                    + [("experiment", run) for run in _experiment_runs(store)])
     if sample is not None:
         if sample <= 0:
             raise ValueError(f"--sample must be a positive integer, got {sample}")
         rows = sorted(random.Random(seed).sample(rows, min(sample, len(rows))), key=rows.index)
-    ctx = _Context(store, data_dir, [Path(m) for m in models])
+    ctx = _Context(store, data_dir, [Path(m) for m in models], device)
     out = []
     for kind, *row in rows:
         outcomes = _experiment(ctx, *row) if kind == "experiment" else [
@@ -120,7 +125,8 @@ def _experiment(ctx: "_Context", run: list[tuple[str, dict[str, Any], bytes]]) -
         for s, split in splits.items():
             if split.sha256() != first[f"{s}_sha256"]:
                 raise _Unavailable(f"the {first['dataset']}/{s} split here is not the one the experiment ran on")
-        fresh = {o.model: o for o, _ in execute(experiment, models, splits["train"], splits["test"], seed=first["seed"])}
+        fresh = {o.model: o for o, _ in execute(experiment, models, splits["train"], splits["test"], seed=first["seed"],
+                                                device=ctx.where(first.get("device", "cpu")))}
     except _Unavailable as exc:
         return [outcome(key, meta, UNAVAILABLE, str(exc)) for key, meta, _ in run]
     out = []
@@ -165,7 +171,7 @@ def _verdicts(ctx: "_Context", key: str, config_text: str, verdicts_text: str) -
         calibration = ctx.split(cell.dataset, cell.calibration["split"]) if cell.calibration else None
         now = recheck(config, lm, split, {c.eps: c.robust_acc for c in cells},  # type: ignore[union-attr]
                       _methods(cell.defenses, DEFENSES, "defense"), calibration,
-                      _methods(config.get("attacks", []), ATTACKS, "attack"))
+                      _methods(config.get("attacks", []), ATTACKS, "attack"), device=ctx.where(cell.device))
     except _Unavailable as exc:
         return Outcome(status=UNAVAILABLE, note=str(exc), **base)
     diffs = []
@@ -274,12 +280,22 @@ def _changes(stored: CellConfig, now: CellConfig) -> str:
 class _Context:
     """What re-running needs, loaded once: models by weights hash, data splits."""
 
-    def __init__(self, store: Store, data_dir: str | None, folders: list[Path]):
+    def __init__(self, store: Store, data_dir: str | None, folders: list[Path], device: str | None = None):
         self.store = store
         self.data_dir = data_dir
         self.folders = folders
+        self.device = device
         self._models: dict[str, zoo.LoadedModel] = {}
         self._splits: dict[tuple[str, str], data_mod.Split] = {}
+
+    def where(self, stored: str) -> str:
+        """The device a row re-runs on: the one asked for, else the type it was computed on."""
+        from . import devices
+
+        try:
+            return str(devices.resolve(self.device or stored))
+        except devices.DeviceError as exc:
+            raise _Unavailable(f"computed on {stored}: {exc}") from exc
 
     def split(self, dataset: str, split: str) -> data_mod.Split:
         if (dataset, split) not in self._splits:
@@ -356,7 +372,7 @@ def _rerun(ctx: _Context, cell: CellConfig, provenance: dict[str, Any]) -> tuple
         calibration = ctx.split(cell.dataset, cell.calibration["split"])
     kw = dict(norm=cell.norm, n=cell.n, seed=cell.seed, batch_size=cell.batch_size or provenance.get("batch_size") or 500,
               defense=defenses, mode=cell.mode if cell.defenses else "adaptive", eot=cell.eot, votes=cell.votes,
-              calibration=calibration)
+              calibration=calibration, device=ctx.where(cell.device))
     now = cell_configs(lm, split, attacks, [cell.eps], **kw)[0]  # type: ignore[arg-type]
     return evaluate(lm, split, attacks, [cell.eps], checks=None, **kw)[0], now  # type: ignore[arg-type]
 
@@ -387,7 +403,7 @@ def _reescalate(ctx: _Context, config: dict[str, Any], provenance: dict[str, Any
     return escalate(raw, lm, split, defense=_methods(cell.defenses, DEFENSES, "defense"),
                     mode=cell.mode if cell.defenses else "adaptive", eot=cell.eot, votes=cell.votes,
                     batch_size=cell.batch_size or provenance.get("batch_size") or 500, checks=CheckConfig(**config["checks"]),
-                    config=EscalationConfig(**settings), calibration=calibration)
+                    config=EscalationConfig(**settings), calibration=calibration, device=ctx.where(cell.device))
 
 
 def _rerun_legacy(ctx: _Context, config: dict[str, Any], provenance: dict[str, Any]) -> EvalResult:
@@ -411,7 +427,7 @@ def _rerun_legacy(ctx: _Context, config: dict[str, Any], provenance: dict[str, A
     calibration = ctx.split(config["dataset"], "train") if "calibration_sha256" in config else None
     return evaluate(lm, split, attacks, [config["eps"]], norm=config["norm"], n=n, seed=config["seed"], defense=defenses,
                     mode=config.get("mode", "adaptive"), eot=config.get("eot", 1), votes=votes, checks=None,
-                    calibration=calibration)[0]
+                    calibration=calibration, device=ctx.where("cpu"))[0]  # the first scheme ran on the CPU only
 
 
 def table(outcomes: Sequence[Outcome]) -> str:

@@ -47,6 +47,35 @@ def batch(fmnist_test: data.Split) -> tuple[torch.Tensor, torch.Tensor]:
     return sub.floats(), sub.labels
 
 
+def _device_params() -> list:
+    """Every device type, each skipped with the reason where this machine lacks it: the CPU always
+    runs, CUDA and MPS where they are present (tests never require them)."""
+    from robustbench_lite import devices
+
+    here = devices.available()
+    return [pytest.param(d, id=d, marks=[] if d in here else [pytest.mark.skip(reason=f"no {d} here: {devices.found()}")])
+            for d in ("cpu", "cuda", "mps")]
+
+
+DEVICES = _device_params()
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> torch.device:
+    """Each device present (a test taking it runs once per device; see ``DEVICES``)."""
+    return torch.device(request.param)
+
+
+def on(device: torch.device, model: torch.nn.Module, *tensors: torch.Tensor) -> tuple:
+    """``model`` (a copy, when it must move) and ``tensors`` on ``device``."""
+    import copy
+
+    from robustbench_lite import devices
+
+    moved = model if devices.of(model) == device else copy.deepcopy(model).to(device)
+    return (moved, *(t.to(device) for t in tensors))
+
+
 def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     with torch.no_grad():
         return float((model(x).argmax(1) == y).float().mean())

@@ -12,7 +12,7 @@ from robustbench_lite.attack import Attack
 from robustbench_lite.registry import ATTACKS
 from robustbench_lite.threat import Threat
 
-from .conftest import accuracy
+from .conftest import accuracy, on
 
 
 def _instance(name: str, model: torch.nn.Module | None = None, x: torch.Tensor | None = None,
@@ -37,34 +37,45 @@ THREATS = [Threat("linf", 0.1), Threat("l2", 1.5)]
 CASES = [(n, t) for n in ATTACKS.names() for t in THREATS if t.norm == "linf" or _l2_capable(n)]
 
 
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One attack under one threat, with the fixture model and batch on one device."""
+
+    attack: Attack
+    threat: Threat
+    model: torch.nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+
+
 @pytest.fixture(params=CASES, ids=[f"{n}-{t.norm}" for n, t in CASES])
-def case(request, trained, batch):
+def case(request, trained, batch, device):
     name, threat = request.param
-    return _instance(name, trained.model, batch[0], request), threat
+    model, x, y = on(device, trained.model, *batch)
+    return Case(_instance(name, trained.model, batch[0], request), threat, model, x, y)
 
 
 # The checks live in robustbench_lite.conformance, which `rbl conformance --plugin FILE` runs too.
-def _check(fn, case, trained, batch) -> None:
-    attack, threat = case
-    problem = fn(attack, trained.model, batch[0], batch[1], threat)
-    assert problem is None, f"{attack} {problem}"
+def _check(fn, case: Case) -> None:
+    problem = fn(case.attack, case.model, case.x, case.y, case.threat)
+    assert problem is None, f"{case.attack} on {case.x.device}: {problem}"
 
 
-def test_keeps_shape_dtype_device_and_stays_in_threat(case, trained, batch):
-    _check(conformance.attack_threat, case, trained, batch)
+def test_keeps_shape_dtype_device_and_stays_in_threat(case):
+    _check(conformance.attack_threat, case)
 
 
-def test_leaves_inputs_model_and_mode_untouched(case, trained, batch):
-    _check(conformance.attack_side_effects, case, trained, batch)
+def test_leaves_inputs_model_and_mode_untouched(case):
+    _check(conformance.attack_side_effects, case)
 
 
-def test_deterministic_under_a_seed(case, trained, batch):
-    _check(conformance.attack_determinism, case, trained, batch)
+def test_deterministic_under_a_seed(case):
+    _check(conformance.attack_determinism, case)
 
 
-def test_strictly_lowers_accuracy_of_a_trained_model(case, trained, batch):
-    assert accuracy(trained.model, *batch) > 0.7, "the fixture model should be trained"
-    _check(conformance.attack_effect, case, trained, batch)
+def test_strictly_lowers_accuracy_of_a_trained_model(case):
+    assert accuracy(case.model, case.x, case.y) > 0.7, "the fixture model should be trained"
+    _check(conformance.attack_effect, case)
 
 
 def test_the_effect_check_fails_a_no_op_and_random_noise(trained, batch):
@@ -84,14 +95,14 @@ def test_the_effect_check_fails_a_no_op_and_random_noise(trained, batch):
     assert conformance.sign_test(10, 0) == pytest.approx(2 ** -10) and conformance.sign_test(0, 0) == 1.0
 
 
-def test_eps_zero_returns_the_input(case, trained, batch):
-    _check(conformance.attack_eps_zero, case, trained, batch)
+def test_eps_zero_returns_the_input(case):
+    _check(conformance.attack_eps_zero, case)
 
 
-def test_a_batch_invariant_attack_is_one(case, trained, batch):
-    if not case[0].batch_invariant:
-        pytest.skip(f"{type(case[0]).__name__} does not declare batch_invariant: its cells are keyed by the batch size")
-    _check(conformance.attack_batches, case, trained, batch)
+def test_a_batch_invariant_attack_is_one(case):
+    if not case.attack.batch_invariant:
+        pytest.skip(f"{type(case.attack).__name__} does not declare batch_invariant: its cells are keyed by the batch size")
+    _check(conformance.attack_batches, case)
 
 
 def test_the_batch_check_catches_an_attack_that_couples_its_points(trained, batch):

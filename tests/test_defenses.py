@@ -34,20 +34,21 @@ def test_registry_holds_the_issue_preprocessors_and_purifiers():
 
 
 # The checks live in robustbench_lite.conformance, which `rbl conformance --plugin FILE` runs too.
-def test_keeps_shape_dtype_bounds_and_inputs(defense, batch):
-    assert conformance.defense_output(defense, batch[0]) is None, conformance.defense_output(defense, batch[0])
+def test_keeps_shape_dtype_bounds_and_inputs(defense, batch, device):
+    problem = conformance.defense_output(defense, batch[0].to(device))  # the same device included
+    assert problem is None, f"{type(defense).__name__} on {device}: {problem}"
 
 
-def test_randomness_is_declared_and_seeded(defense, batch):
-    problem = conformance.defense_randomness(defense, batch[0])
-    assert problem is None, f"{type(defense).__name__} {problem}"
+def test_randomness_is_declared_and_seeded(defense, batch, device):
+    problem = conformance.defense_randomness(defense, batch[0].to(device))
+    assert problem is None, f"{type(defense).__name__} on {device}: {problem}"
 
 
-def test_a_batch_invariant_defense_is_one(defense, batch):
+def test_a_batch_invariant_defense_is_one(defense, batch, device):
     if not type(defense).batch_invariant:
         pytest.skip(f"{type(defense).__name__} does not declare batch_invariant: its cells are keyed by the batch size")
-    problem = conformance.defense_batches(defense, batch[0])
-    assert problem is None, problem
+    problem = conformance.defense_batches(defense, batch[0].to(device))
+    assert problem is None, f"on {device}: {problem}"
 
 
 def test_the_batch_check_catches_a_defense_that_normalises_over_its_batch(batch):
@@ -61,9 +62,9 @@ def test_the_batch_check_catches_a_defense_that_normalises_over_its_batch(batch)
     assert problem is not None and "declares batch_invariant but" in problem
 
 
-def test_differentiability_is_declared_honestly(defense, batch):
-    problem = conformance.defense_gradients(defense, batch[0])
-    assert problem is None, f"{type(defense).__name__} {problem}"
+def test_differentiability_is_declared_honestly(defense, batch, device):
+    problem = conformance.defense_gradients(defense, batch[0].to(device))
+    assert problem is None, f"{type(defense).__name__} on {device}: {problem}"
 
 
 def test_bpda_view_forwards_the_real_step_and_passes_gradients(trained, batch):

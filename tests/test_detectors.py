@@ -2,6 +2,8 @@
 false-positive rate, and the joint classifier+detector attack (Carlini & Wagner 2017)."""
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 
 import pytest
@@ -16,7 +18,7 @@ from robustbench_lite.registry import ATTACKS, DEFENSES
 from robustbench_lite.stats import auc
 from robustbench_lite.threat import Threat
 
-from .conftest import evaluate
+from .conftest import evaluate, on
 
 DETECTORS = [n for n in DEFENSES.names() if DEFENSES.get(n).meta.get("kind") == "detector"]
 # Small calibration sets keep the fits to seconds; the defaults (2000 points) are the real ones.
@@ -45,13 +47,15 @@ def fitted(request, trained, calibration):
     return fit(det, trained.model, trained.model, calib.floats(), calib.labels, seed=0)
 
 
-def test_score_shape_determinism_and_inputs_untouched(fitted, trained, batch):
-    x, _ = batch
+def test_score_shape_determinism_and_inputs_untouched(fitted, trained, batch, device):
+    model, x = on(device, trained.model, batch[0])
+    if fitted.parts is not None:  # the fitted parts move with the model
+        fitted = dataclasses.replace(fitted, parts=copy.deepcopy(fitted.parts).to(device))
     x0 = x.clone()
-    g = Guarded(trained.model, trained.model, fitted, bpda=False).eval()
+    g = Guarded(model, model, fitted, bpda=False).eval()
     with torch.no_grad():
         a, b = g(x), g(x)
-    assert a.shape == (len(x), 11) and torch.equal(a, b) and torch.isfinite(a).all()
+    assert a.shape == (len(x), 11) and a.device == x.device and torch.equal(a, b) and torch.isfinite(a).all()
     assert torch.equal(x, x0)
 
 

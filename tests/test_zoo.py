@@ -127,3 +127,27 @@ def test_card_missing_fields_is_an_error(trained, tmp_path):
     (d / "card.json").write_text(json.dumps(card))
     with pytest.raises(CheckpointError, match=r"model card lacks \['arch'\]"):
         zoo.load_checkpoint(d)
+
+
+def test_every_timm_test_family_is_registered_and_listed_with_its_family(capsys):
+    """timm's test-size models (test_resnet, test_vit, ...) each belong to a registered family:
+    a variant (test_vit_relpos, test_convnext2) to the family whose name it extends. A family timm
+    adds later fails here until it is registered in zoo/archs.py."""
+    import json
+
+    import timm
+
+    from robustbench_lite.cli import main
+
+    in_tree = [n for n in MODELS.names() if MODELS.get(n).obj.__module__.startswith("robustbench_lite.")]  # not a test's plugin
+    registered = sorted(n for n in in_tree if n.startswith("test_"))
+    uncovered = [m for m in timm.list_models("test_*") if not any(m.startswith(r) for r in registered)]
+    assert not uncovered, f"timm test models of no registered family: {uncovered}"
+    assert len(registered) >= 9
+    assert main(["list", "models", "--json"]) == 0
+    listed = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
+    families = {listed[n]["family"] for n in registered}
+    assert len(families) == len(registered)  # one family each
+    assert all(listed[n].get("family") for n in in_tree), [n for n in in_tree if not listed[n].get("family")]
+    assert listed["test_convnext"]["input_size"] == 32 and listed["test_convnext"]["resized"] is True
+    assert listed["test_resnet"].get("resized", False) is False

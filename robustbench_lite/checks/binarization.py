@@ -41,9 +41,9 @@ class BinaryHead(nn.Module):
 
     def __init__(self, k: int, dim: int, original: nn.Module | None = None):
         super().__init__()
-        self.register_buffer("anchors", torch.zeros(k, dim))
-        self.register_buffer("weight", torch.zeros(k, dim))
-        self.register_buffer("bias", torch.zeros(k))
+        self.register_buffer("anchors", torch.zeros(k, dim))  # cpu: the head is moved when installed
+        self.register_buffer("weight", torch.zeros(k, dim))  # cpu: as anchors
+        self.register_buffer("bias", torch.zeros(k))  # cpu: as anchors
         self.original = original
         self.features: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
@@ -107,16 +107,16 @@ def samples(x: torch.Tensor, threat: Threat, generator: torch.Generator, inner: 
     lo, hi = threat.bounds
 
     def rand(*size: int) -> torch.Tensor:
-        return torch.rand(size, generator=generator).to(x)
+        return torch.rand(size, generator=generator, device=x.device).to(x)
 
     def randn(*size: int) -> torch.Tensor:
-        return torch.randn(size, generator=generator).to(x)
+        return torch.randn(size, generator=generator, device=x.device).to(x)
 
     d = int(math.prod(shape))
     if threat.norm == "linf":
         delta = (2 * rand(k, inner, d) - 1) * ETA * threat.eps
         # A corner of the ball, clipped to the box: distance eps wherever the box allows it.
-        edge = (2 * torch.randint(0, 2, (k, d), generator=generator).to(x) - 1) * threat.eps
+        edge = (2 * torch.randint(0, 2, (k, d), generator=generator, device=x.device).to(x) - 1) * threat.eps
     else:
         g = randn(k, inner, d)
         delta = g / g.norm(dim=2, keepdim=True) * rand(k, inner, 1) ** (1 / d) * ETA * threat.eps
@@ -139,7 +139,7 @@ def fit(head: BinaryHead, inner: torch.Tensor, boundary: torch.Tensor, margin: t
     sd = sd.clamp_min(1e-6 + 1e-3 * float(sd.mean()))  # a feature constant on the inner points is kept, not blown up
     zi, zb = (inner - mu) / sd, (boundary.unsqueeze(1) - mu) / sd  # standardised per point
     w = (zb.squeeze(1) / zb.squeeze(1).norm(dim=1, keepdim=True).clamp_min(1e-12)).clone().requires_grad_(True)
-    b = torch.zeros(k, requires_grad=True)
+    b = torch.zeros(k, device=inner.device, requires_grad=True)
     opt = torch.optim.Adam([w, b], lr=0.05)
     with torch.enable_grad():
         for _ in range(FIT_STEPS):

@@ -236,10 +236,10 @@ def noise_vs_pgd(probe: Probe) -> Verdict:
     robust = probe.correct.clone()
     for _ in range(probe.config.noise_draws):
         if probe.threat.norm == "linf":
-            signs = torch.randint(0, 2, probe.x.shape, generator=probe.generator).to(probe.x) * 2 - 1
+            signs = torch.randint(0, 2, probe.x.shape, generator=probe.generator, device=probe.x.device).to(probe.x) * 2 - 1
             noisy = probe.x + probe.threat.eps * signs
         else:
-            g = torch.randn(probe.x.shape, generator=probe.generator).to(probe.x)
+            g = torch.randn(probe.x.shape, generator=probe.generator, device=probe.x.device).to(probe.x)
             noisy = probe.x + probe.threat.eps * g / g.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
         robust &= probe.robust(noisy)
     noise_drop = probe.rate(probe.correct & ~robust)
@@ -278,7 +278,7 @@ def finite_differences(probe: Probe) -> Verdict:
         return Verdict(name, None, None, None, "the gradient is a declared BPDA/EOT estimate, not the forward's derivative")
     # Jittered off the data: flat image regions tie pixels exactly, and a median or max over
     # tied values has no derivative there (a true kink, but one no attack step lands on).
-    x = probe.x[:16] + 1e-3 * (2 * torch.rand(probe.x[:16].shape, generator=probe.generator).to(probe.x) - 1)
+    x = probe.x[:16] + 1e-3 * (2 * torch.rand(probe.x[:16].shape, generator=probe.generator, device=probe.x.device).to(probe.x) - 1)
     y = probe.y[:16]
     _, g = loss_grad(probe.surface, x, y)
     norms = g.flatten(1).norm(dim=1)

@@ -72,7 +72,7 @@ class EnsembleAT(Recipe):
              generator: torch.Generator, progress: float) -> Step:
         if not self._static:
             raise RuntimeError("ensemble_at: prepare(dataset) must load the static models before training")
-        pick = int(torch.randint(len(self._static) + 1, (), generator=generator))
-        source = model if pick == 0 else self._static[pick - 1]
+        pick = int(torch.randint(len(self._static) + 1, (), generator=generator, device=generator.device))
+        source = model if pick == 0 else self._static[pick - 1].to(x.device)  # a no-op once moved
         x_adv = self._attack(source, x, y, Threat("linf", self.eps), generator=generator)
         return mixed_loss(model, x, x_adv, y, self.clean_weight)

@@ -48,7 +48,7 @@ class TRADES(Recipe):
         with eval_mode(model):
             with torch.no_grad():
                 p_clean = F.softmax(model(x), dim=1)
-            noise = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+            noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
             x_adv = threat.project(x + 0.001 * noise, x)
             for _ in range(self.steps):
                 x_adv.requires_grad_(True)

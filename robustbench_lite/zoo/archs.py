@@ -2,6 +2,7 @@
 dataset's normalization inside the model, so every model takes inputs in [0, 1]."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,8 +18,8 @@ class Normalized(nn.Module):
     def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]):
         super().__init__()
         self.net = net
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))  # cpu: moved with the model
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))  # cpu: moved with the model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net((x - self.mean) / self.std)
@@ -66,6 +67,83 @@ def test_resnet(info: DatasetInfo, pretrained: str | None = None) -> nn.Module:
     """timm's ``test_resnet``: timm's ResNet code at test size (0.37M parameters, 1.5 MB of weights),
     the quick profile's ResNet: small enough to train in minutes and to ship with the leaderboard."""
     return _timm("test_resnet", info, pretrained)
+
+
+class Resized(nn.Module):
+    """A declared resize in front of a network built for another input size: bilinear, no
+    antialiasing, to ``size`` x ``size``. It is a module of the model, so its size is part of the
+    architecture's fingerprint and of every cell's key; the engine never resizes on its own."""
+
+    def __init__(self, net: nn.Module, size: int):
+        super().__init__()
+        self.net = net
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != (self.size, self.size):
+            x = nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return self.net(x)
+
+
+@dataclass(frozen=True)
+class _Family:
+    """One of timm's test-size variants: real timm code of one architecture family at 0.1-1M
+    parameters, trainable in seconds on tiny data (the zoo-wide family test) and in minutes on a
+    dataset (the quick profile)."""
+
+    timm_name: str
+    family: str
+    input_size: int | None = None  # built for this side, behind a declared Resized; None: the data's own
+    summary: str = ""
+    epochs: int = 3
+    lr: float = 2e-3
+
+    def build(self, info: DatasetInfo, pretrained: str | None = None) -> nn.Module:
+        side = self.input_size or info.img_size
+        overrides: dict[str, Any] = {}
+        if self.timm_name.startswith("test_vit"):  # 4 x 4 patches of the image, whatever its side
+            overrides = dict(img_size=side, patch_size=side // 4)
+        elif self.timm_name in ("test_coatnet", "test_maxvit"):  # attention windows follow the input size
+            overrides = dict(img_size=side)
+        net = _timm(self.timm_name, info, pretrained, **overrides)
+        return net if side == info.img_size else Resized(net, side)
+
+
+#: timm's architecture families at test size, by zoo arch name (``rbl list models --json`` shows
+#: each family, input size and whether a resize is declared in front of it).
+TIMM_FAMILIES = {f.timm_name: f for f in (
+    _Family("test_efficientnet", "EfficientNet (timm)", summary="EfficientNet (Tan and Le, 2019, arXiv:1905.11946): "
+            "depthwise-separable MBConv blocks with squeeze-excitation"),
+    _Family("test_byobnet", "BYOBNet (timm)", summary="timm's bring-your-own-blocks network (RepVGG-style "
+            "blocks, Ding et al., 2021, arXiv:2101.03697)"),
+    _Family("test_convnext", "ConvNeXt (timm)", input_size=32, summary="ConvNeXt (Liu et al., 2022, "
+            "arXiv:2201.03545): 7x7 depthwise convolutions and LayerNorm; its stem and three downsamplings need 32x32"),
+    _Family("test_vit", "ViT (timm)", lr=1e-3, summary="Vision Transformer (Dosovitskiy et al., 2021, "
+            "arXiv:2010.11929) with 4x4 patches of the image"),
+    _Family("test_mambaout", "MambaOut (timm)", summary="MambaOut (Yu and Wang, 2024, arXiv:2405.07992): gated "
+            "convolutional blocks without the state-space mixer"),
+    _Family("test_nfnet", "NFNet (timm)", summary="normalizer-free ResNet (Brock et al., 2021, arXiv:2102.06171): "
+            "scaled weight standardization instead of batch norm"),
+    _Family("test_coatnet", "CoAtNet (timm)", input_size=32, summary="CoAtNet (Dai et al., 2021, arXiv:2106.04803): "
+            "convolution stages then relative-attention stages; windowed for 32x32"),
+    _Family("test_maxvit", "MaxViT (timm)", input_size=32, summary="MaxViT (Tu et al., 2022, arXiv:2204.01697): "
+            "MBConv with block and grid attention; windows for 32x32"),
+)}
+
+
+def _register_family(f: _Family) -> None:
+    def builder(info: DatasetInfo, pretrained: str | None = None) -> nn.Module:
+        return f.build(info, pretrained)
+
+    builder.__doc__ = f"timm's ``{f.timm_name}``: {f.summary}" + (
+        f"; built for {f.input_size}x{f.input_size} inputs behind a declared bilinear resize" if f.input_size else "") + "."
+    builder.__name__ = builder.__qualname__ = f.timm_name
+    MODELS.register(f.timm_name, family=f.family, epochs=f.epochs, lr=f.lr, timm=f.timm_name,
+                    input_size=f.input_size, resized=f.input_size is not None)(builder)
+
+
+for _f in TIMM_FAMILIES.values():
+    _register_family(_f)
 
 
 @MODELS.register("mobilenetv3_small_050", family="mobile CNN (timm)", epochs=3, lr=4e-3)
