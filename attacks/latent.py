@@ -128,7 +128,7 @@ class Latent(Attack):
             generator: PointStreams) -> torch.Tensor:
         if threat.eps == 0:
             return x.clone()
-        net = generative.cached(self.source).model
+        net = generative.cached(self.source, x.device).model
         net.check_input(x)
         out = []
         for i, (xb, yb) in enumerate(zip(x.split(500), y.split(500), strict=True)):

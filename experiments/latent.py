@@ -57,7 +57,7 @@ class LatentUnrestricted(Experiment):
         return super().config() | {"vae_sha256": generative.cached(self.vae).weights_sha256}
 
     def run(self, models: Sequence[LoadedModel], train: Split, test: Split, *, seed: int) -> list[Outcome]:
-        vae = generative.cached(self.vae).model
+        vae = generative.cached(self.vae, test.images.device).model
         sub = test.first(min(self.n, len(test)))
         x, y = sub.floats(), sub.labels
         vae.check_input(x)

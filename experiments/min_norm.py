@@ -32,7 +32,7 @@ def _foolbox(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
     else:
         attack = (fb.attacks.L2DeepFoolAttack if norm == "l2" else fb.attacks.LinfDeepFoolAttack)(steps=50, overshoot=0.02)
     with torch.random.fork_rng():
-        _, x_adv, ok = attack(fb.PyTorchModel(model, bounds=(0, 1)), x, y, epsilons=None)
+        _, x_adv, ok = attack(fb.PyTorchModel(model, bounds=(0, 1), device=x.device), x, y, epsilons=None)
     return x_adv.detach(), ok
 
 

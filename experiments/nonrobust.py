@@ -233,8 +233,9 @@ class NonRobust(Experiment):
         with tempfile.TemporaryDirectory() as tmp:
             for i, (name, split) in enumerate(sets.items()):
                 card = fit(TrainConfig(arch=self.arch, dataset=train.dataset, epochs=self.epochs, seed=seed + i),
-                           out=Path(tmp) / name, train_split=split, resume=False)
+                           out=Path(tmp) / name, train_split=split, resume=False, device=xt.device)
                 lm = zoo.load_checkpoint(Path(tmp) / name)
+                lm.model.to(xt.device)
                 clean = predictions(lm.model, xt) == yt
                 curve = {}
                 for eps in (self.eval_eps / 4, self.eval_eps / 2, self.eval_eps):
@@ -250,7 +251,7 @@ class NonRobust(Experiment):
         # The robustness D_R's model gains, point by point on the same test points: the difference
         # of PGD accuracies with Newcombe's paired 95% interval, at each eps of the curve.
         metrics["robustified_minus_original"] = {
-            e: list(stats.paired_difference(curves["robustified"][e].numpy(), ok.numpy())) for e, ok in curves["original"].items()}
+            e: list(stats.paired_difference(curves["robustified"][e].cpu().numpy(), ok.cpu().numpy())) for e, ok in curves["original"].items()}
         pick = torch.cat([(y == c).nonzero()[:1].squeeze(1) for c in range(classes)])[:EXAMPLES]
         tensors = {"originals": x[pick], "labels": y[pick], "robustified": rob_split.floats()[pick], "starts": start[pick]}
         for name, split in relabeled.items():
