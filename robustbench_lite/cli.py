@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(r)
 
     t = sub.add_parser("train", help="train a zoo model")
-    t.add_argument("--arch", required=True, help="architecture (rbl list models) or timm:<name>")
+    t.add_argument("--arch", required=True, help="architecture (rbl list models), timm:<name> or tv:<name> (at its own input size; "
+                                                        "@SIDE for another, e.g. timm:resnet18@64)")
     t.add_argument("--dataset", default="fmnist")
     t.add_argument("--recipe", default="standard", help="name[:key=value,...], e.g. pgd_at:steps=20 (rbl list recipes)")
     t.add_argument("--epochs", type=_positive_int)

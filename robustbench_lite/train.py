@@ -63,7 +63,7 @@ class TrainConfig:
             raise ValueError(f"unknown precision {self.precision!r}; allowed: {', '.join(PRECISIONS)}")
         if self.dataset not in data_mod.DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; allowed: {', '.join(data_mod.DATASETS)}")
-        if not self.arch.startswith("timm:"):
+        if not self.arch.startswith(("timm:", "tv:")):
             MODELS.get(self.arch)
         try:
             RECIPES.create(self.recipe, **dict(self.recipe_kw))
@@ -71,7 +71,7 @@ class TrainConfig:
             raise ValueError(f"bad arguments {dict(self.recipe_kw)} for recipe {self.recipe!r}: {exc}") from exc
 
     def resolved(self) -> "TrainConfig":
-        meta = {} if self.arch.startswith("timm:") else MODELS.get(self.arch).meta
+        meta = {} if self.arch.startswith(("timm:", "tv:")) else MODELS.get(self.arch).meta
         # An arch may register per-recipe defaults (adversarial training converges slower).
         per_recipe = meta.get("recipes", {}).get(self.recipe, {})
         return dataclasses.replace(self, epochs=self.epochs or per_recipe.get("epochs") or meta.get("epochs", 5),

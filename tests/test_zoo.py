@@ -151,3 +151,42 @@ def test_every_timm_test_family_is_registered_and_listed_with_its_family(capsys)
     assert all(listed[n].get("family") for n in in_tree), [n for n in in_tree if not listed[n].get("family")]
     assert listed["test_convnext"]["input_size"] == 32 and listed["test_convnext"]["resized"] is True
     assert listed["test_resnet"].get("resized", False) is False
+
+
+def test_any_timm_or_torchvision_model_runs_at_its_own_input_behind_a_declared_adapter(tmp_path):
+    """timm:<name> and tv:<name> are built at their own input size and channel count; the data's
+    28x28 grayscale images reach them through a Resized module that is part of the model (and so
+    of its fingerprint): never a silent resize. @SIDE builds one for another side."""
+    from robustbench_lite.fingerprint import model_fingerprint
+    from robustbench_lite.zoo.archs import Resized
+
+    x = torch.rand(2, 1, 28, 28)
+    for arch, side in (("timm:test_resnet", 160), ("timm:test_vit@32", 32), ("tv:mobilenet_v3_small@64", 64)):
+        model = zoo.build(arch, FMNIST).eval()
+        assert isinstance(model.net, Resized) and (model.net.size, model.net.channels) == (side, 3), arch
+        with torch.no_grad():
+            assert model(x).shape == (2, 10), arch
+    a, b = zoo.build("timm:test_resnet@32", FMNIST), zoo.build("timm:test_resnet@64", FMNIST)
+    assert model_fingerprint(a, zoo.builder("timm:test_resnet@32"))[0] != model_fingerprint(b, zoo.builder("timm:test_resnet@64"))[0]
+    for bad, match in (("timm:test_resnet@big", "integer in \\[8, 1024\\]"), ("tv:resnet1800", "unknown torchvision model"),
+                       ("tv:resnet18@4", "integer in \\[8, 1024\\]")):
+        with pytest.raises(ValueError, match=match):
+            zoo.build(bad, FMNIST)
+
+
+def test_torchvision_local_weights_load_where_they_fit(tmp_path):
+    """A torchvision state dict for 1000 ImageNet classes: every tensor loads but the classifier,
+    which keeps its own initialisation for the dataset's 10 classes."""
+    import torchvision
+    from safetensors.torch import save_file
+
+    imagenet = torchvision.models.get_model("mobilenet_v3_small", weights=None)
+    path = tmp_path / "mnv3.safetensors"
+    save_file({k: v.contiguous() for k, v in imagenet.state_dict().items()}, str(path))
+    model = zoo.build("tv:mobilenet_v3_small@32", FMNIST, pretrained=str(path))
+    mine, theirs = model.net.net.state_dict(), imagenet.state_dict()
+    same = [k for k in mine if mine[k].shape == theirs[k].shape]
+    assert all(torch.equal(mine[k], theirs[k]) for k in same) and len(same) == len(mine) - 2  # the last layer's weight and bias
+    path.write_bytes(b"not weights")
+    with pytest.raises(CheckpointError):
+        zoo.build("tv:mobilenet_v3_small@32", FMNIST, pretrained=str(path))

@@ -165,12 +165,12 @@ def load_checkpoint(path: str | Path, arch: str | None = None, dataset: str | No
 
 
 def builder(arch: str) -> Any:
-    """The function that builds ``arch`` (a registered name or ``timm:<name>``), or None for an
-    architecture the zoo does not know (a user's own module)."""
-    from .archs import _timm
+    """The function that builds ``arch`` (a registered name, ``timm:<name>`` or ``tv:<name>``), or
+    None for an architecture the zoo does not know (a user's own module)."""
+    from .archs import external
 
-    if arch.startswith("timm:"):
-        return _timm
+    if arch.startswith(("timm:", "tv:")):
+        return external
     return MODELS.get(arch).obj if arch in MODELS else None
 
 

@@ -3,6 +3,7 @@ dataset's normalization inside the model, so every model takes inputs in [0, 1].
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -70,16 +71,23 @@ def test_resnet(info: DatasetInfo, pretrained: str | None = None) -> nn.Module:
 
 
 class Resized(nn.Module):
-    """A declared resize in front of a network built for another input size: bilinear, no
-    antialiasing, to ``size`` x ``size``. It is a module of the model, so its size is part of the
+    """A declared adapter in front of a network built for other inputs: a bilinear resize (no
+    antialiasing) to ``size`` x ``size`` and, with ``channels``, a grayscale image repeated into
+    that many channels. It is a module of the model, so its settings are part of the
     architecture's fingerprint and of every cell's key; the engine never resizes on its own."""
 
-    def __init__(self, net: nn.Module, size: int):
+    def __init__(self, net: nn.Module, size: int, channels: int | None = None):
         super().__init__()
         self.net = net
         self.size = size
+        self.channels = channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels is not None and x.shape[1] != self.channels:
+            if x.shape[1] != 1:
+                raise ValueError(f"the model takes {self.channels} channels; only a 1-channel image is repeated into them, "
+                                 f"got {x.shape[1]}")
+            x = x.expand(-1, self.channels, -1, -1)
         if x.shape[-2:] != (self.size, self.size):
             x = nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
         return self.net(x)
@@ -97,6 +105,7 @@ class _Family:
     summary: str = ""
     epochs: int = 3
     lr: float = 2e-3
+    fast_at_epochs: int = 1  # fast_at's cyclic schedule in one epoch, as for resnet10t: the quick profile trains it
 
     def build(self, info: DatasetInfo, pretrained: str | None = None) -> nn.Module:
         side = self.input_size or info.img_size
@@ -138,8 +147,8 @@ def _register_family(f: _Family) -> None:
     builder.__doc__ = f"timm's ``{f.timm_name}``: {f.summary}" + (
         f"; built for {f.input_size}x{f.input_size} inputs behind a declared bilinear resize" if f.input_size else "") + "."
     builder.__name__ = builder.__qualname__ = f.timm_name
-    MODELS.register(f.timm_name, family=f.family, epochs=f.epochs, lr=f.lr, timm=f.timm_name,
-                    input_size=f.input_size, resized=f.input_size is not None)(builder)
+    MODELS.register(f.timm_name, family=f.family, epochs=f.epochs, lr=f.lr, recipes={"fast_at": dict(epochs=f.fast_at_epochs)},
+                    timm=f.timm_name, input_size=f.input_size, resized=f.input_size is not None)(builder)
 
 
 for _f in TIMM_FAMILIES.values():
@@ -159,18 +168,89 @@ def vit_tiny_p7(info: DatasetInfo, pretrained: str | None = None) -> nn.Module:
     return _timm("vit_tiny_patch16_224", info, pretrained, img_size=info.img_size, patch_size=7, depth=4)
 
 
-def build(arch: str, info: DatasetInfo, pretrained: str | None = None) -> Normalized:
-    """Build ``arch`` for ``info``: a registered name, or ``timm:<any timm model>``."""
-    if arch.startswith("timm:"):
+def _external(arch: str) -> tuple[str, str, int | None]:
+    """``timm:<name>[@<side>]`` or ``tv:<name>[@<side>]`` as (library, name, side or None)."""
+    library, _, rest = arch.partition(":")
+    name, at, side = rest.partition("@")
+    if at and not (side.isdigit() and 8 <= int(side) <= 1024):
+        raise ValueError(f"{arch!r}: the input side after '@' must be an integer in [8, 1024], got {side!r}")
+    return library, name, int(side) if at else None
+
+
+def _known(library: str, name: str, names: list[str]) -> None:
+    if name not in names:
+        import difflib
+
+        close = difflib.get_close_matches(name, names, n=3)
+        raise ValueError(f"unknown {library} model {name!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
+
+
+def external(arch: str, info: DatasetInfo, pretrained: str | None = None) -> nn.Module:
+    """Any timm model (``timm:<name>``) or torchvision classification model (``tv:<name>``) at its own
+    input size and channel count, with ``info``'s classes; ``@<side>`` builds it for another side.
+    Where its input differs from the data's, a declared :class:`Resized` sits in front of it.
+    ``pretrained``: a local weights file (timm: through timm's own loader, which adapts the stem
+    and drops a mismatched classifier; torchvision: the file's tensors whose shapes fit, the rest
+    named in the log)."""
+    library, name, side = _external(arch)
+    if library == "timm":
         import timm
 
-        name = arch[5:]
-        if name not in timm.list_models():
-            import difflib
+        _known("timm", name, timm.list_models())
+        cfg = timm.get_pretrained_cfg(name)
+        channels, own = (cfg.input_size[0], cfg.input_size[-1]) if cfg is not None else (3, 224)
+        side = side or own
+        kw: dict[str, Any] = dict(in_chans=channels, num_classes=info.num_classes, pretrained=bool(pretrained))
+        if pretrained:
+            kw["pretrained_cfg_overlay"] = dict(file=str(pretrained))  # a local file: nothing is fetched
+        try:  # a transformer's token grid follows the side it is built for
+            net = timm.create_model(name, **kw, **({"img_size": side} if side != own else {}))
+        except TypeError:  # a model without an img_size argument: a convolutional net takes any side
+            net = timm.create_model(name, **kw)
+    elif library == "tv":
+        import torchvision
 
-            close = difflib.get_close_matches(name, timm.list_models(), n=3)
-            raise ValueError(f"unknown timm model {name!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
-        net = _timm(name, info, pretrained)
+        _known("torchvision", name, torchvision.models.list_models(module=torchvision.models))
+        channels = 3
+        try:  # the weights' metadata, read without downloading anything
+            own = int(torchvision.models.get_model_weights(name).DEFAULT.transforms().crop_size[0])
+        except (ValueError, AttributeError, IndexError, TypeError):
+            own = 224
+        side = side or own
+        net = torchvision.models.get_model(name, weights=None, num_classes=info.num_classes)
+        if pretrained:
+            _load_fitting(net, pretrained)
+    else:
+        raise ValueError(f"unknown model library {library!r} in {arch!r}; allowed: timm:<name>, tv:<name>")
+    if (channels, side) == (info.in_chans, info.img_size):
+        return net
+    return Resized(net, side, channels=channels if channels != info.in_chans else None)
+
+
+def _load_fitting(net: nn.Module, path: str) -> None:
+    """A local state dict into ``net``: every tensor whose name and shape fit (a classifier for
+    another number of classes does not, and is left as initialised, named in the log)."""
+    import logging
+
+    from .checkpoint import read_state
+
+    state = read_state(Path(path))
+    own = net.state_dict()
+    fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not fits:
+        raise ValueError(f"{path}: none of its {len(state)} tensors fits the model (another architecture?)")
+    left = sorted(set(own) - set(fits))
+    net.load_state_dict(fits, strict=False)
+    if left:
+        logging.getLogger(__name__).info("%s: kept the model's own %s (no tensor of that shape in the file)", path,
+                                         ", ".join(left[:6]) + (" ..." if len(left) > 6 else ""))
+
+
+def build(arch: str, info: DatasetInfo, pretrained: str | None = None) -> Normalized:
+    """Build ``arch`` for ``info``: a registered name, ``timm:<any timm model>`` or
+    ``tv:<any torchvision classification model>`` (:func:`external`)."""
+    if arch.startswith(("timm:", "tv:")):
+        net = external(arch, info, pretrained)
     else:
         net = MODELS.get(arch).obj(info, pretrained=pretrained)
     return Normalized(net, info.mean, info.std)
