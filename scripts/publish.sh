@@ -60,10 +60,16 @@ ship() {  # the report's bundle (DIR/zoo), replaced only once the new one is wri
     "$RBL" zoo export "$@" --out "$WORK/zoo" && rm -rf "$dir/zoo" && mv "$WORK/zoo" "$dir/zoo"
 }
 
-publish_quick() {
+publish_quick() {  # the profile's models: the shipped bundle's, else the cache's, else trained; then shipped
+    local models
     say quick
     rm -f reports/results.sqlite reports/results.sqlite-*
-    RBL_STORE=$ROOT/reports/results.sqlite "$RBL" run --profile quick --zoo reports/zoo --out reports
+    export RBL_STORE=$ROOT/reports/results.sqlite
+    import_bundle "$ROOT/reports"
+    read -r -a models <<< "$("$PY" -c 'from robustbench_lite import profiles; print(*profiles.get("quick").models)')"
+    need_models "${models[@]}"
+    ship "$ROOT/reports" --profile quick
+    "$RBL" run --profile quick --zoo reports/zoo --out reports
 }
 
 publish_full() {
