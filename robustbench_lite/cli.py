@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
         plugin(sp)
 
     r = sub.add_parser("run", help="train what is missing, run a benchmark profile, write reports")
-    r.add_argument("--profile", default="quick", help="quick (default) or full")
+    r.add_argument("--profile", default="quick", help="quick (default), full, cifar10-quick, cifar10 (L-inf 8/255) or "
+                                                       "cifar10-l2 (L2 0.5)")
     r.add_argument("--out", type=Path, default=Path("reports"), help="report folder (default reports/)")
     r.add_argument("--models", nargs="+", metavar="GLOB", help="only the profile's models matching these globs")
     r.add_argument("--eps", type=_eps, nargs="+", help="evaluate at these eps instead of the profile's grid")
@@ -267,7 +268,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         grid = profiles.run_grid(profile, store, data_dir=args.data_dir, progress=sys.stderr.isatty(),
                                  on_model=lambda m: stamp(f"model {m}"), executor=executor, plugins=args.plugin,
                                  on_progress=on_progress, zoo_dir=args.zoo, device=args.device)
-        written = profiles.write_reports(store, args.out)
+        written = profiles.write_reports(store, args.out, headline_eps=profile.headline)
     print(f"{len(grid.results)} cells in {time.perf_counter() - start:.0f}s ({args.executor} executor); wrote "
           + ", ".join(map(str, written)))
     if grid.failures:

@@ -74,9 +74,22 @@ class TrainConfig:
         meta = {} if self.arch.startswith(("timm:", "tv:")) else MODELS.get(self.arch).meta
         # An arch may register per-recipe defaults (adversarial training converges slower).
         per_recipe = meta.get("recipes", {}).get(self.recipe, {})
-        return dataclasses.replace(self, epochs=self.epochs or per_recipe.get("epochs") or meta.get("epochs", 5),
+        return dataclasses.replace(self, recipe_kw=self._dataset_eps(),
+                                   epochs=self.epochs or per_recipe.get("epochs") or meta.get("epochs", 5),
                                    lr=self.lr or per_recipe.get("lr") or meta.get("lr", 1e-3),
                                    batch_size=self.batch_size or per_recipe.get("batch_size") or 128)
+
+    def _dataset_eps(self) -> tuple[tuple[str, Any], ...]:
+        """The recipe's arguments, with the dataset's standard eps (``STANDARD_EPS``: 8/255 on
+        CIFAR-10) where the recipe has an eps, none was given, and its default is another."""
+        from .recipes.base import STANDARD_EPS
+
+        kw = dict(self.recipe_kw)
+        default = {f.name: f.default for f in dataclasses.fields(RECIPES.get(self.recipe).obj)}.get("eps")
+        standard = STANDARD_EPS.get(self.dataset)
+        if "eps" not in kw and isinstance(default, float) and standard is not None and default != standard:
+            kw["eps"] = standard
+        return tuple(sorted(kw.items()))
 
 
 def train(config: TrainConfig, *, out: Path | None = None, data_dir: str | None = None,
@@ -144,7 +157,7 @@ def train(config: TrainConfig, *, out: Path | None = None, data_dir: str | None 
     if resume:
         state = _load_resume(out / RESUME, identity, model, opt, sched, gen, rgen, amp) or state
     monitor = _Monitor(train_split.first(min(cfg.monitor_n, len(train_split))),
-                       test_split.first(min(cfg.monitor_n, len(test_split))), recipe.monitor_eps, cfg.seed, dev)
+                       test_split.first(min(cfg.monitor_n, len(test_split))), recipe.monitor_eps(cfg.dataset), cfg.seed, dev)
     x_all, y_all = train_split.floats().to(dev), train_split.labels.to(dev)
     start = time.perf_counter() - state.seconds
     for epoch in range(len(state.curves), cfg.epochs):

@@ -14,6 +14,10 @@ from ..attack import eval_mode
 #: The eps the loop monitors PGD accuracy at when a recipe has none of its own (standard training).
 MONITOR_EPS = 0.1
 
+#: Each dataset's standard L-inf radius (REFERENCES.md: 0.1 on Fashion-MNIST, 0.3 on MNIST, 8/255
+#: on CIFAR-10): what an adversarial recipe trains at, and the loop monitors at, unless told.
+STANDARD_EPS = {"fmnist": 0.1, "mnist": 0.3, "cifar10": 8 / 255}
+
 
 class Step(NamedTuple):
     """What a recipe returns for one batch: the loss to minimise, and the logits on clean and on
@@ -53,9 +57,9 @@ class Recipe(ABC):
         PGD accuracy on its fixed training subset."""
         return None
 
-    @property
-    def monitor_eps(self) -> float:
-        return float(getattr(self, "eps", MONITOR_EPS))
+    def monitor_eps(self, dataset: str) -> float:
+        """Where the loop measures PGD accuracy: the recipe's own eps, else the dataset's standard one."""
+        return float(getattr(self, "eps", None) or STANDARD_EPS.get(dataset, MONITOR_EPS))
 
     def config(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
