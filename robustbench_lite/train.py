@@ -158,7 +158,8 @@ def train(config: TrainConfig, *, out: Path | None = None, data_dir: str | None 
         state = _load_resume(out / RESUME, identity, model, opt, sched, gen, rgen, amp) or state
     monitor = _Monitor(train_split.first(min(cfg.monitor_n, len(train_split))),
                        test_split.first(min(cfg.monitor_n, len(test_split))), recipe.monitor_eps(cfg.dataset), cfg.seed, dev)
-    x_all, y_all = train_split.floats().to(dev), train_split.labels.to(dev)
+    on_device = train_split.to(dev)
+    x_all, y_all = on_device.floats(), on_device.labels
     start = time.perf_counter() - state.seconds
     for epoch in range(len(state.curves), cfg.epochs):
         epoch_start = time.perf_counter()
@@ -229,7 +230,7 @@ RESUME = "resume.pt"
 
 
 @dataclasses.dataclass
-class _State:  # noqa: D101 - the loop's resumable state
+class _State:
     curves: list[dict[str, float]]
     notes: list[str]
     seconds: float = 0.0
@@ -286,10 +287,11 @@ def _load_resume(path: Path, identity: dict[str, Any], model: torch.nn.Module, o
         rgen.set_state(blob["rgen"])
     if amp.scaler is not None and "scaler" in blob:
         amp.scaler.load_state_dict(blob["scaler"])
-    if state_best := blob["best"]:  # saved from the device the run was on
-        blob["best"] = (state_best[0], state_best[1], {k: v.to(devices.of(model)) for k, v in state_best[2].items()})
+    best = blob["best"]
+    if best is not None:  # read onto the CPU (map_location): the kept weights go where the model is
+        best = (best[0], best[1], {k: v.to(devices.of(model)) for k, v in best[2].items()})
     state = _State(curves=json.loads(blob["curves"]), notes=json.loads(blob["notes"]), seconds=float(blob["seconds"]),
-                   best=blob["best"])
+                   best=best)
     _log.info("resuming %s after epoch %d", path.parent.name, len(state.curves))
     return state
 
@@ -301,7 +303,7 @@ class _Monitor:
 
     def __init__(self, train: data_mod.Split, test: data_mod.Split, eps: float, seed: int,
                  device: torch.device = torch.device("cpu")) -> None:
-        self.sets = {part: (s.floats().to(device), s.labels.to(device)) for part, s in (("train", train), ("test", test))}
+        self.sets = {part: (s.floats(), s.labels) for part, s in (("train", train.to(device)), ("test", test.to(device)))}
         self.device = device
         self.threat = Threat("linf", eps)
         self.seed = seed
@@ -398,8 +400,8 @@ SCHEDULES = {"warmup_cosine": warmup_cosine, "cyclic": cyclic}
 
 
 def _accuracy(model: torch.nn.Module, split: data_mod.Split) -> float:
-    dev = devices.of(model)
-    return _accuracy_of(model, split.floats().to(dev), split.labels.to(dev))
+    split = split.to(devices.of(model))
+    return _accuracy_of(model, split.floats(), split.labels)
 
 
 def _accuracy_of(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
