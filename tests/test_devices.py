@@ -11,7 +11,10 @@ import pytest
 import torch
 
 from robustbench_lite import devices, zoo
+from robustbench_lite.cell import CellConfig
+from robustbench_lite.checks import CheckConfig
 from robustbench_lite.cli import main
+from robustbench_lite.engine import cell_configs
 from robustbench_lite.store import Store
 
 from .conftest import DEVICES, evaluate, on
@@ -47,7 +50,7 @@ def test_cli_refuses_cuda_without_cuda_and_writes_nothing(tmp_path, capsys):
     assert not store.exists() and not (tmp_path / "m").exists() and not (tmp_path / "r").exists()
 
 
-def test_eval_device_cpu_gives_the_bits_of_the_default(trained, tmp_path, capsys):
+def test_eval_device_cpu_gives_the_bits_of_the_default(trained, fmnist_test, tmp_path, capsys):
     """The acceptance check: `rbl eval ... --device cpu` against the default on this machine (the
     default is auto: on a machine with a GPU that is another device, so only the explicit CPU run
     is compared with a Python-API run, which keeps the model where it is)."""
@@ -60,27 +63,17 @@ def test_eval_device_cpu_gives_the_bits_of_the_default(trained, tmp_path, capsys
     assert "rbl: device cpu" in capsys.readouterr().err
     with Store(stores["cpu"]) as a, Store(stores["default"]) as b:
         ra, rb = a.results(), b.results()
-    api = evaluate(zoo.load(trained.name), trained_split(), ["pgd:steps=5", "square:queries=50"], 0.1, n=64)[0]
+    api = evaluate(zoo.load(trained.name), fmnist_test, ["pgd:steps=5", "square:queries=50"], 0.1, n=64)[0]
     assert len(ra) == 1 and ra[0].key == api.key and (ra[0].robust == api.robust).all()
     if devices.resolve("auto").type == "cpu":
         assert [r.key for r in ra] == [r.key for r in rb]
         assert (ra[0].robust == rb[0].robust).all() and ra[0].robust_acc == rb[0].robust_acc
 
 
-def trained_split():
-    from robustbench_lite import data
-
-    return data.load("fmnist", "test")
-
-
 def test_the_device_is_in_the_key_and_the_config(trained, fmnist_test):
-    from robustbench_lite.engine import cell_configs
-
     config = cell_configs(trained, fmnist_test, ["fgsm"], [0.1], n=32, device="cpu")[0]
     assert config.device == "cpu" and config.dtype == "float32"
     moved = {**config.to_dict(), "device": "cuda"}
-    from robustbench_lite.cell import CellConfig
-
     assert CellConfig.from_dict(moved).key != config.key
 
 
@@ -88,18 +81,12 @@ def test_the_device_is_in_the_key_and_the_config(trained, fmnist_test):
 def test_the_engine_evaluates_a_defended_cascade_on_the_device(device, trained, fmnist_test):
     """Everything moves together: the model, the engine's data, an attack cascade (random starts
     from per-point streams, a generator-drawn attack), a random defense, a detector, the checks."""
-    from robustbench_lite.checks import CheckConfig
-
     model, = on(torch.device(device), trained.model)
-    kw = dict(n=48, defense=["gaussian_noise:sigma=0.05", "feature_squeeze"], eot=2, votes=3,
-              checks=CheckConfig(n=24, binarization=4), escalate=None)
-    r = evaluate(model, fmnist_test, ["pgd:steps=3", "square:queries=20"], [0.1], device=device, **kw)[0]
+    attacks = ["pgd:steps=3", "square:queries=20"]
+    kw = dict(n=48, defense=["gaussian_noise:sigma=0.05", "feature_squeeze"], eot=2, votes=3, device=device)
+    r = evaluate(model, fmnist_test, attacks, [0.1], checks=CheckConfig(n=24, binarization=4), escalate=None, **kw)[0]
     assert r.robust.shape == (48,) and 0 <= r.robust_acc <= r.clean_acc and r.checks
-    from robustbench_lite.engine import cell_configs
-
-    kw.pop("checks"), kw.pop("escalate")
-    assert cell_configs(model, fmnist_test, ["pgd:steps=3", "square:queries=20"], [0.1], device=device, **kw)[0].device \
-        == torch.device(device).type
+    assert cell_configs(model, fmnist_test, attacks, [0.1], **kw)[0].device == torch.device(device).type
     assert devices.of(model).type == torch.device(device).type  # moved there, left there
 
 
