@@ -110,7 +110,7 @@ publish_experiments() {
 publish_robust_features() {
     local dir=$ROOT/reports/robust-features-eps0.1
     say robust-features
-    fresh_store "$dir"; import_bundle "$dir"
+    fresh_store "$dir"; import_bundle "$dir"; import_bundle "$ROOT/reports/full-eps0.1"  # the board's classifiers
     need_models smallcnn-fmnist-standard smallcnn-fmnist-pgd_at
     # The denoising twins: the same 10-epoch pgd_at budget, with and without the block.
     for arch in smallcnn_denoise smallcnn; do
