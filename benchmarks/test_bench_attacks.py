@@ -27,7 +27,7 @@ import torchattacks
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from attacks import FGSM, PGD
+from robustbench_lite.attacks import FGSM, PGD
 from robustbench_lite.threat import Threat
 
 # The conftest's summary divides by the implementation of this name (same string there).

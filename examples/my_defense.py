@@ -4,7 +4,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from robustbench_lite.defense import Defense
+from robustbench_lite.defenses.base import Defense
 from robustbench_lite.registry import DEFENSES
 
 

@@ -85,7 +85,8 @@ def _self_hash(manifest: dict[str, Any]) -> str:
 
 def _source_dir(name: str) -> tuple[str, Path]:
     """(kind, cache folder) of a trained zoo model or generative model named ``name``."""
-    from . import generative, zoo
+    from .generative import base as generative
+    from . import zoo
 
     if zoo.is_trained(name):
         return "zoo", zoo.checkpoint_dir(name)
@@ -187,7 +188,8 @@ def _check_files(path: Path, files: dict[str, Any]) -> None:
 
 
 def _check_model(path: Path, e: Entry) -> None:
-    from . import generative, zoo
+    from .generative import base as generative
+    from . import zoo
 
     folder = path / e.folder
     try:
@@ -244,7 +246,8 @@ def read(path: Path) -> Bundle:
 
 def _cache_dir(kind: str, name: str) -> Path:
     """Where a model of ``kind`` ("zoo" or "generative") named ``name`` lives in the cache."""
-    from . import generative, zoo
+    from .generative import base as generative
+    from . import zoo
 
     return zoo.checkpoint_dir(name) if kind == "zoo" else generative.checkpoint_dir(name)
 

@@ -331,8 +331,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .engine import evaluate
 
     from .checks import CheckConfig
-    from .defense import chain
-    from .detector import Detector
+    from .defenses.base import chain
+    from .defenses.base import Detector
     from .escalation import EscalationConfig
 
     checks = None if args.no_checks else CheckConfig(n=args.checks_n, binarization=args.binarization)
@@ -438,7 +438,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_train_generative(args: argparse.Namespace) -> int:
-    from . import generative, specs
+    from .generative import base as generative
+    from . import specs
     from .registry import GENERATIVE
 
     kind, hp = specs.parse(args.model)
@@ -458,7 +459,7 @@ def cmd_train_generative(args: argparse.Namespace) -> int:
 
 def cmd_experiment(args: argparse.Namespace) -> int:
     from . import data, specs, zoo
-    from .experiment import execute
+    from .experiments.base import execute
     from .registry import EXPERIMENTS
 
     experiment = specs.create(EXPERIMENTS, args.spec)  # a bad spec fails before any loading
@@ -483,11 +484,11 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from reports import leaderboard
+    from robustbench_lite.reporting import leaderboard
 
     from .profiles import write_reports
 
-    from reports import site
+    from robustbench_lite.reporting import site
 
     formats = (*leaderboard.FORMATS, "latex", "robustbench", "html")
     if args.format not in formats:
@@ -534,7 +535,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_conformance(args: argparse.Namespace) -> int:
     from . import conformance, data, zoo
-    from .defense import Composite
+    from .defenses.base import Composite
     from .registry import ATTACKS, DEFENSES, MODELS
     from .threat import Threat
 
@@ -645,7 +646,7 @@ def _resolve_device(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from .data import DatasetNotFoundError
-    from .engine import IntegrityError
+    from .errors import IntegrityError
     from .store import StoreIntegrityError
     from .generative import GenerativeNotTrainedError
     from .zoo import CheckpointError, ModelNotTrainedError

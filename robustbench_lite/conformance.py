@@ -103,7 +103,7 @@ DEFENSE_CHECKS = {"output": defense_output, "randomness": defense_randomness, "g
 
 
 def check_defense(name: str, d: Any, x: torch.Tensor) -> list[Result]:
-    from .detector import Detector
+    from .defenses.base import Detector
 
     if isinstance(d, Detector):
         return [Result(name, "detector", True, "detectors are checked through rbl eval (thresholds need a classifier)")]

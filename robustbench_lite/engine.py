@@ -23,23 +23,27 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import data as data_mod
 from . import devices, fingerprint, numerics, specs
-from .attack import Attack, check_int, eval_mode, live, without_early_stop
+from . import escalation as ladder_mod
+from .attacks.base import Attack, live, without_early_stop
 from .cell import CellConfig, ModelId, checks_config, checks_random_key, digest, model_id, worst_case_config
 from .checks import CheckConfig, Probe, Verdict
 from .checks import binarization as binarize_mod
-from .checks.suite import Binarized, loss_grad
 from .checks import run as run_checks
+from .checks.suite import Binarized, loss_grad
 from .data import Split
-from . import data as data_mod
-from .defense import Defended, Defense, chain, vote
-from .detector import Detector, Fitted, Guarded
-from .detector import fit as fit_detector
-from . import escalation as ladder_mod
+from .defenses.base import Defense, Detector, chain
+from .errors import AttackBudgetError, IntegrityError, TamperingError  # noqa: F401  (raised here, and public as engine.*)
 from .escalation import EscalationConfig
+from .inference import eval_mode, predict
+from .registry import ATTACKS
 from .rng import PointStreams
 from .stats import auc, wilson
 from .threat import Threat
+from .validation import check_int
+from .views import Defended, Fitted, Guarded, vote
+from .views import fit as fit_detector
 from .zoo import LoadedModel
 
 _log = logging.getLogger(__name__)
@@ -47,19 +51,6 @@ _log = logging.getLogger(__name__)
 
 MODES = ("adaptive", "bpda", "oblivious")
 ADAPTIVE_MODES = ("adaptive", "bpda")  # the defense is in the attack's loop
-
-
-class IntegrityError(RuntimeError):
-    """Code the engine ran broke a rule the engine holds it to; its result is never stored."""
-
-
-class AttackBudgetError(IntegrityError):
-    """An attack returned a point outside its threat model."""
-
-
-class TamperingError(IntegrityError):
-    """An attack, defense or detector changed what the engine measures against: the images it
-    was handed, the labels, the threat, or the model's parameters and buffers."""
 
 
 @dataclass(frozen=True)
@@ -187,16 +178,6 @@ def engine_code() -> fingerprint.Code:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Logits for ``x`` in batches, in eval mode."""
-    with eval_mode(model):
-        out = [model(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]
-    logits = torch.cat(out) if out else torch.zeros(0, device=x.device)
-    if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
-        raise ValueError(f"model must return logits of shape (N, classes), got {tuple(logits.shape)}")
-    return logits
-
-
 def _top5(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     k = min(5, logits.shape[1])
     return (logits.topk(k, dim=1).indices == y[:, None]).any(1)
@@ -799,13 +780,12 @@ class _Ladder:
         self.draws = dataclasses.replace(plan.configs[0], attacks=(), eps=0.0).random_key
 
     def _steps(self, failed: set[str]) -> list[tuple[ladder_mod.Step, list[Attack]]]:
-        from attacks.transfer import Transfer
-
         surrogates = ladder_mod.surrogates(self.config, self.plan.lm.dataset, self.plan.lm.weights_sha256)
         out = []
         for st in ladder_mod.steps_for(failed):
             if st.view == "transfer":
-                attacks: list[Attack] = [Transfer(surrogate=s, attack=a) for s in surrogates for a in st.specs(self.config)]
+                attacks: list[Attack] = [ATTACKS.create("transfer", surrogate=s, attack=a) for s in surrogates
+                                         for a in st.specs(self.config)]
             else:
                 attacks = [specs.attack(a) for a in st.specs(self.config)]
             out.append((st, attacks))

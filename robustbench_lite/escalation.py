@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attack import eval_mode, live, module_calls
+from .inference import eval_mode
+from .attacks.base import live, module_calls
 
 _log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ class EscalationConfig:
     eot: int = 10
 
     def __post_init__(self) -> None:
-        from .attack import check_int, check_interval
+        from .validation import check_int, check_interval
 
         check_int("escalation", "steps", self.steps, 1)
         check_int("escalation", "queries", self.queries, 1)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .attack import check_int
+from .validation import check_int
 from .checks import CheckConfig
 from .data import Split
 from .engine import EvalResult, evaluate

@@ -8,7 +8,7 @@ distribution is not hashed but named with its version (``torch 2.x``); the stand
 covered by the Python version. So:
 
 - a method's fingerprint changes when its own file changes, or a project module it imports does
-  (``attacks/pgd.py`` imports ``robustbench_lite.attack``, whose ``gradient_steps`` PGD runs);
+  (``attacks/pgd.py`` imports ``robustbench_lite.attacks.base``, whose ``gradient_steps`` PGD runs);
 - it does not change when another method's file changes: a package's ``__init__`` is only
   followed when a module imports the package itself, not one of its submodules;
 - imports made by name at run time (``importlib.import_module("x")``) are not seen.

@@ -33,10 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .formatting import pct
 from . import data as data_mod
 from . import specs, zoo
 from .checks import CheckConfig
-from .defense import chain
+from .defenses.base import chain
 from .engine import MODES, evaluate
 from .escalation import EscalationConfig
 
@@ -216,10 +217,6 @@ def run(suite: Suite, store: Any | None = None, data_dir: str | None = None, pro
     return rows
 
 
-def _pct(v: float | None) -> str:
-    return "–" if v is None else f"{100 * v:.1f}"
-
-
 def markdown(suite: Suite, rows: list[Row]) -> str:
     ok = all(r.passed for r in rows)
     lines = [f"### {'✅' if ok else '❌'} Accuracy under attack: {suite.name}", "",
@@ -231,8 +228,8 @@ def markdown(suite: Suite, rows: list[Row]) -> str:
         defense = "none" if r.defense == "none" else f"{r.defense} [{r.mode}]"
         checks = "UNVERIFIED: " + ", ".join(r.failed_checks) if r.failed_checks else "ok"
         checks += f" (escalated: {', '.join(r.escalation)})" if r.escalation else ""
-        lines.append(f"| `{r.model}` | {defense} | {r.eps:g} | {_pct(r.clean)} | {_pct(r.min_clean)} | "
-                     f"{_pct(r.robust)} ({_pct(r.ci[0])}–{_pct(r.ci[1])}) | {_pct(r.min_robust)} | {checks} | "
+        lines.append(f"| `{r.model}` | {defense} | {r.eps:g} | {pct(r.clean)} | {pct(r.min_clean)} | "
+                     f"{pct(r.robust)} ({pct(r.ci[0])}–{pct(r.ci[1])}) | {pct(r.min_robust)} | {checks} | "
                      f"{'pass' if r.passed else 'FAIL: ' + '; '.join(r.problems)} |")
     return "\n".join(lines) + "\n"
 
@@ -257,7 +254,7 @@ def junit(suite: Suite, rows: list[Row]) -> str:
 
 def publish(suite: Suite, rows: list[Row], junit_path: Path | None = None) -> str:
     """The Markdown table; appended to $GITHUB_STEP_SUMMARY when set, JUnit XML written atomically."""
-    from reports.leaderboard import _atomic
+    from robustbench_lite import atomic
 
     md = markdown(suite, rows)
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
@@ -266,7 +263,7 @@ def publish(suite: Suite, rows: list[Row], junit_path: Path | None = None) -> st
             f.write(md + "\n")
     if junit_path is not None:
         text = junit(suite, rows)
-        _atomic(Path(junit_path), lambda p: Path(p).write_text(text))
+        atomic.write(Path(junit_path), lambda p: Path(p).write_text(text))
     return md
 
 

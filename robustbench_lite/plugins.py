@@ -33,10 +33,10 @@ def _registries() -> list[Registry]:
 
 def _protocol(registry: Registry, obj: Any) -> str | None:
     """Why ``obj`` cannot live in ``registry``, or None when it can."""
-    from .attack import Attack
-    from .defense import Composite, Defense
-    from .detector import Detector
-    from .experiment import Experiment
+    from .attacks.base import Attack
+    from .defenses.base import Composite, Defense
+    from .defenses.base import Detector
+    from .experiments.base import Experiment
     from .generative import GenerativeModel
 
     bases: dict[str, tuple[type, ...]] = {"attack": (Attack,), "defense": (Defense, Detector, Composite),

@@ -202,9 +202,9 @@ def run(profile: Profile, store: Store, **kw: Any) -> list[EvalResult]:
 def write_reports(store: Store, out: Path, headline_eps: float = HEADLINE_EPS) -> list[Path]:
     """The leaderboard from the store, the training curves of every trained zoo model it ranks,
     and the figures of every experiment whose artifacts the store holds."""
-    from reports import galleries, leaderboard
+    from robustbench_lite.reporting import galleries, leaderboard
 
-    from reports import site
+    from robustbench_lite.reporting import site
 
     frame = leaderboard.frame(store)
     ranked = set(frame.get("model", ()))
@@ -215,7 +215,7 @@ def write_reports(store: Store, out: Path, headline_eps: float = HEADLINE_EPS) -
     written = leaderboard.write_all(store, out, headline_eps=headline_eps, cards=cards) if ranked else []
     if ranked and not leaderboard.table(store, headline_eps).empty:
         tex = site.latex(store, headline_eps)
-        leaderboard._atomic(Path(out) / "leaderboard.tex", lambda p: Path(p).write_text(tex))
+        leaderboard.atomic.write(Path(out) / "leaderboard.tex", lambda p: Path(p).write_text(tex))
         written.append(Path(out) / "leaderboard.tex")
         written += site.write_robustbench(store, Path(out) / "robustbench", headline_eps)
         # The site draws the galleries itself, into its experiments/ folder; write_all drew the plots.
@@ -232,7 +232,7 @@ def write_manifest(store: Store, out: Path) -> Path:
     import json
     import os
 
-    from reports.leaderboard import _atomic
+    from robustbench_lite import atomic
 
     from .provenance import commit, machine, now, versions
 
@@ -249,5 +249,5 @@ def write_manifest(store: Store, out: Path) -> Path:
                 "cells": cells, "legacy_cells": len(store.legacy())}
     path = out / "manifest.json"
     text = json.dumps(manifest, indent=1) + "\n"
-    _atomic(path, lambda p: Path(p).write_text(text))
+    atomic.write(path, lambda p: Path(p).write_text(text))
     return path

@@ -8,8 +8,11 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import importlib
+import importlib.util
 import importlib.metadata
 import inspect
+import pkgutil
+import types
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -26,8 +29,10 @@ class Registry:
 
     Args:
         kind: what is registered ("attack", "defense", ...), used in error messages.
-        modules: in-tree packages imported on first lookup, so that registration happens
-            without a circular import between the core and the method packages.
+        modules: in-tree modules imported on first lookup, so that registration happens
+            without a circular import between the core and the method packages; a method
+            package is named with its modules (:func:`import_package`), so a new method is a new
+            file in it and nothing else.
         entry_point_group: installed plugins register through this entry-point group.
     """
 
@@ -62,7 +67,7 @@ class Registry:
             return
         self._loaded = True
         for mod in self._modules:
-            importlib.import_module(mod)
+            import_package(mod)
         if self._group:
             for ep in importlib.metadata.entry_points(group=self._group):
                 try:
@@ -106,9 +111,38 @@ def _origin(obj: Any) -> str:
         return getattr(obj, "__module__", repr(obj))
 
 
+def import_package(name: str) -> list[types.ModuleType]:
+    """Import a module, and when it is a package, each of its modules whose name does not start
+    with ``_`` and is not ``base`` (what every method in it builds on), in name order."""
+    pkg = importlib.import_module(name)
+    if not hasattr(pkg, "__path__"):
+        return [pkg]
+    return [importlib.import_module(f"{name}.{info.name}") for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name)
+            if not info.name.startswith("_") and info.name != "base"]
+
+
+def exports(package: str) -> Callable[[str], Any]:
+    """A package's ``__getattr__`` that finds a class or function defined in one of its method
+    modules (``from robustbench_lite.attacks import PGD``), importing them on first use."""
+
+    def __getattr__(name: str) -> Any:
+        # A submodule's name falls through to the import system (``from . import _generator``
+        # asks the package for the attribute before it imports the submodule).
+        if name.startswith("_") or importlib.util.find_spec(f"{package}.{name}") is not None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        base = [importlib.import_module(f"{package}.base")] if importlib.util.find_spec(f"{package}.base") else []
+        for mod in base + import_package(package):
+            obj = vars(mod).get(name)
+            if obj is not None and getattr(obj, "__module__", None) == mod.__name__:
+                return obj
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__
+
+
 MODELS = Registry("model architecture", modules=("robustbench_lite.zoo",), entry_point_group="robustbench_lite.models")
-ATTACKS = Registry("attack", modules=("attacks",), entry_point_group="robustbench_lite.attacks")
-DEFENSES = Registry("defense", modules=("defenses",), entry_point_group="robustbench_lite.defenses")
+ATTACKS = Registry("attack", modules=("robustbench_lite.attacks",), entry_point_group="robustbench_lite.attacks")
+DEFENSES = Registry("defense", modules=("robustbench_lite.defenses",), entry_point_group="robustbench_lite.defenses")
 RECIPES = Registry("training recipe", modules=("robustbench_lite.recipes",))
-GENERATIVE = Registry("generative model", modules=("generative",), entry_point_group="robustbench_lite.generative")
-EXPERIMENTS = Registry("experiment", modules=("experiments",), entry_point_group="robustbench_lite.experiments")
+GENERATIVE = Registry("generative model", modules=("robustbench_lite.generative",), entry_point_group="robustbench_lite.generative")
+EXPERIMENTS = Registry("experiment", modules=("robustbench_lite.experiments",), entry_point_group="robustbench_lite.experiments")

@@ -6,7 +6,7 @@ import ast
 import json
 from typing import Any, Sequence
 
-from .attack import Attack
+from .attacks.base import Attack
 from .registry import ATTACKS
 
 

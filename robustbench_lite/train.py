@@ -19,9 +19,9 @@ from tqdm.auto import tqdm
 
 from . import data as data_mod
 from . import devices, zoo
-from .engine import predict
+from .inference import predict
 from .provenance import versions
-from .attack import check_int
+from .validation import check_int
 from .registry import ATTACKS, MODELS, RECIPES
 from .threat import Threat
 

@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from .formatting import pct
 from . import data as data_mod
 from . import specs, zoo
 from .cell import SCHEMA, CellConfig, digest
@@ -107,7 +108,7 @@ def _experiment(ctx: "_Context", run: list[tuple[str, dict[str, Any], bytes]]) -
     """One experiment run, re-run from its artifacts' metadata: an outcome per artifact."""
     from safetensors.torch import load
 
-    from .experiment import execute
+    from .experiments.base import execute
 
     def outcome(key: str, meta: dict[str, Any], status: str, note: str) -> Outcome:
         config = meta.get("config", {})
@@ -432,9 +433,6 @@ def _rerun_legacy(ctx: _Context, config: dict[str, Any], provenance: dict[str, A
 
 def table(outcomes: Sequence[Outcome]) -> str:
     """The Markdown table ``rbl verify`` prints."""
-    def pct(v: float | None) -> str:
-        return "–" if v is None else f"{100 * v:.1f}"
-
     lines = ["| key | kind | cell | eps | n | stored % | now % | status | note |", "|---|---|---|---:|---:|---:|---:|---|---|"]
     for o in outcomes:
         eps = "–" if o.eps is None else f"{o.eps:g}"

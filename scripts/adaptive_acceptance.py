@@ -88,10 +88,10 @@ elif part == "dgan":
 elif part == "dganprobe":
     # Measurements behind the README's explanation of the Defense-GAN numbers.
     import torch
-    from attacks.latent import latent_search
-    from robustbench_lite import generative
-    from robustbench_lite.attack import eval_mode
-    from robustbench_lite.defense import chain
+    from robustbench_lite.attacks.latent import latent_search
+    from robustbench_lite.generative import base as generative
+    from robustbench_lite.inference import eval_mode
+    from robustbench_lite.defenses.base import chain
 
     torch.manual_seed(0)
     lm = zoo.load("smallcnn-fmnist-standard")

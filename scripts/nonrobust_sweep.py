@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from experiments.nonrobust import relabel
+from robustbench_lite.experiments.nonrobust import relabel
 from robustbench_lite import data, zoo
-from robustbench_lite.experiment import predictions
+from robustbench_lite.inference import predictions
 from robustbench_lite.threat import Threat
 from robustbench_lite.train import TrainConfig, train as fit
 

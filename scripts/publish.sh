@@ -31,7 +31,8 @@ import_bundle() {  # the shipped weights (and artifacts, into the store) where t
 trained() {  # a zoo model (or with -g, a generative model) whose weights are in the cache
     "$PY" - "$@" <<'PY'
 import sys
-from robustbench_lite import generative, zoo
+from robustbench_lite import zoo
+from robustbench_lite.generative import base as generative
 *flag, name = sys.argv[1:]
 sys.exit(0 if ((generative.checkpoint_dir(name) / "model.safetensors").is_file() if flag else zoo.is_trained(name)) else 1)
 PY

@@ -50,7 +50,7 @@ for d, (spec, eps) in fast.items():
     j = run(["pgd:steps=20,early_stop=False"], [eps], mode="adaptive", **kw)
     out["detectors"][d] = {"eps": eps, "oblivious caught": o.caught, "joint caught": j.caught,
                            "oblivious robust": o.robust_acc, "joint robust": j.robust_acc}
-from robustbench_lite.experiment import execute
+from robustbench_lite.experiments.base import execute
 from robustbench_lite.registry import EXPERIMENTS
 
 for method in ("sgd", "deepfool"):

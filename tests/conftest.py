@@ -90,7 +90,7 @@ evaluate = functools.partial(engine.evaluate, checks=None)
 def generative_zoo() -> dict[str, str]:
     """Tiny generative models under the default cache names the purifiers use (dae-fmnist,
     vae-fmnist, gan-fmnist), trained for seconds on 5000 images: {kind: name}."""
-    from robustbench_lite import generative
+    from robustbench_lite.generative import base as generative
 
     out = {}
     for kind, kw in (("dae", {"epochs": 3}), ("vae", {"epochs": 3}), ("gan", {"epochs": 2, "width": 16})):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from robustbench_lite import conformance
-from robustbench_lite.attack import Attack
+from robustbench_lite.attacks.base import Attack
 from robustbench_lite.registry import ATTACKS
 from robustbench_lite.threat import Threat
 

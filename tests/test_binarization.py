@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from robustbench_lite import specs
-from robustbench_lite.attack import Attack
+from robustbench_lite.attacks.base import Attack
 from robustbench_lite.checks import CheckConfig
 from robustbench_lite.checks import binarization as bz
 from robustbench_lite.engine import _binarization, _Guard, _on_surface, _Setup, evaluate

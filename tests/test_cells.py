@@ -19,12 +19,13 @@ import torch
 from torch import nn
 
 from robustbench_lite import cell, fingerprint, zoo
-from robustbench_lite.attack import Attack
+from robustbench_lite.attacks.base import Attack
 from robustbench_lite.cell import CellConfig, ModelId
 from robustbench_lite.checks import CheckConfig
 from robustbench_lite.cli import main
-from robustbench_lite.defense import Defense
-from robustbench_lite.engine import TamperingError, cell_configs, cell_keys, evaluate as evaluate_checked
+from robustbench_lite.defenses.base import Defense
+from robustbench_lite.errors import TamperingError
+from robustbench_lite.engine import cell_configs, cell_keys, evaluate as evaluate_checked
 from robustbench_lite.registry import ATTACKS, DEFENSES
 from robustbench_lite.store import Store, StoreIntegrityError
 
@@ -354,7 +355,7 @@ def test_a_changed_method_source_reruns_only_its_cells(trained, fmnist_test, tmp
             assert after["pgd:steps=5"].key != before["pgd:steps=5"].key  # re-run under its new code
             assert len(store) == 3
             # An edit to a module every attack runs (the shared gradient loop) re-runs them all.
-            shared = Path(sys.modules["robustbench_lite.attack"].__file__)
+            shared = Path(sys.modules["robustbench_lite.attacks.base"].__file__)
             monkeypatch.setattr(Path, "read_bytes", lambda p: real(p) + (b"\n# an edit\n" if p == shared else b""))
             fingerprint.clear()
             assert cell_keys(trained, fmnist_test, ["fgsm"], [0.1], n=50)[0] != before["fgsm"].key
@@ -370,7 +371,7 @@ def test_a_changed_method_source_reruns_only_its_cells(trained, fmnist_test, tmp
 
 PLUGIN = '''
 import dataclasses
-from robustbench_lite.attack import Attack
+from robustbench_lite.attacks.base import Attack
 from robustbench_lite.registry import ATTACKS
 
 @ATTACKS.register("test_shift")

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from robustbench_lite import conformance, specs
-from robustbench_lite.defense import Defended, Defense, chain
+from robustbench_lite.views import Defended
+from robustbench_lite.defenses.base import Defense, chain
 from robustbench_lite.registry import DEFENSES
 from robustbench_lite.store import Store
 from robustbench_lite.threat import Threat

@@ -89,7 +89,7 @@ def test_paired_difference_interval():
 
 
 def test_twins_table_pairs_a_denoise_model_with_its_plain_twin(trained, fmnist_test, tmp_path):
-    from reports import twins
+    from robustbench_lite.reporting import twins
     from robustbench_lite.store import Store
     from robustbench_lite.train import TrainConfig, train
 

@@ -10,10 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from robustbench_lite.attack import scores
+from robustbench_lite.attacks.base import scores
 from robustbench_lite.cli import main
-from robustbench_lite.defense import chain
-from robustbench_lite.detector import Detector, Guarded, fit
+from robustbench_lite.defenses.base import chain
+from robustbench_lite.defenses.base import Detector
+from robustbench_lite.views import Guarded, fit
 from robustbench_lite.registry import ATTACKS, DEFENSES
 from robustbench_lite.stats import auc
 from robustbench_lite.threat import Threat

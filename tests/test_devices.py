@@ -114,8 +114,9 @@ def test_a_bad_precision_is_refused():
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_generative_training_and_an_experiment_run_on_the_device(device, trained, tmp_path):
-    from robustbench_lite import data, generative
-    from robustbench_lite.experiment import execute
+    from robustbench_lite import data
+    from robustbench_lite.generative import base as generative
+    from robustbench_lite.experiments.base import execute
     from robustbench_lite.registry import EXPERIMENTS
 
     lg = generative.train("vae", "fmnist", epochs=1, train_subset=256, test_n=64, classifier=None, out=tmp_path / "vae",

@@ -5,9 +5,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from attacks import FGSM, PGD
-from robustbench_lite.attack import Attack
-from robustbench_lite.engine import AttackBudgetError, combine
+from robustbench_lite.attacks import FGSM, PGD
+from robustbench_lite.attacks.base import Attack
+from robustbench_lite.errors import AttackBudgetError
+from robustbench_lite.engine import combine
 from robustbench_lite.registry import ATTACKS
 from robustbench_lite.stats import wilson
 from robustbench_lite.store import Store

@@ -21,7 +21,7 @@ from robustbench_lite import escalation, zoo
 from robustbench_lite.checks import CHECKS, CheckConfig
 from robustbench_lite.checks.suite import dynamic
 from robustbench_lite.cli import EXIT_CHECKS, main
-from robustbench_lite.defense import Defense
+from robustbench_lite.defenses.base import Defense
 from robustbench_lite.engine import evaluate
 from robustbench_lite.escalation import LADDER, STEPS, EscalationConfig
 from robustbench_lite.registry import DEFENSES
@@ -250,7 +250,7 @@ def test_a_number_whose_checks_still_fail_is_unverified(unverified):
 
 def test_the_leaderboard_site_and_json_never_rank_an_unverified_row(unverified, tmp_path, capsys):
     path, _, _, _ = unverified
-    from reports import leaderboard, site
+    from robustbench_lite.reporting import leaderboard, site
 
     with Store(path) as store:
         t = leaderboard.table(store, EPS)
@@ -290,7 +290,7 @@ def test_rbl_eval_prints_the_ladder_and_strict_exits_on_an_unverified_row(unveri
 
 
 def test_no_escalate_keeps_the_raw_number_shown_never_ranked(trained, fmnist_test, tmp_path):
-    from reports import leaderboard
+    from robustbench_lite.reporting import leaderboard
 
     masked = zoo.LoadedModel("smallcnn-zero", _ZeroLayer(_copy(trained)), "fmnist", "2" * 64)
     with Store(tmp_path / "s.sqlite") as store:

@@ -8,11 +8,12 @@ import foolbox as fb
 import pytest
 import torch
 
-from attacks.deepfool import deepfool
-from attacks.lbfgs import lbfgs
-from experiments.universal import craft
+from robustbench_lite.attacks.deepfool import deepfool
+from robustbench_lite.attacks.lbfgs import lbfgs
+from robustbench_lite.attacks.universal import craft
 from robustbench_lite.cli import main
-from robustbench_lite.experiment import execute, predictions
+from robustbench_lite.experiments.base import execute
+from robustbench_lite.inference import predictions
 from robustbench_lite.registry import EXPERIMENTS
 from robustbench_lite.store import Store, artifact_key
 from robustbench_lite.threat import Threat
@@ -211,7 +212,7 @@ def test_destruction_rates_follow_kurakin(trained, fmnist_train, fmnist_test):
 
 
 def test_galleries_render_from_stored_artifacts_only(trained, fmnist_train, fmnist_test, tmp_path, monkeypatch):
-    from reports import galleries
+    from robustbench_lite.reporting import galleries
 
     other = zoo_copy(trained, "smallcnn-twin")
     with Store(tmp_path / "s.sqlite") as store:

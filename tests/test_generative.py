@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from robustbench_lite import generative
+from robustbench_lite.generative import base as generative
 from robustbench_lite.cli import main
-from robustbench_lite.defense import chain
+from robustbench_lite.defenses.base import chain
 from robustbench_lite.registry import DEFENSES, GENERATIVE
 from robustbench_lite.store import Store
 from robustbench_lite.zoo import CheckpointError
@@ -113,7 +113,7 @@ def test_wrong_image_shape_is_named(generative_zoo):
 
 
 def test_pictures_become_an_artifact_and_a_figure(tmp_path, fmnist_test):
-    from reports.galleries import generative_gallery
+    from robustbench_lite.reporting.galleries import generative_gallery
 
     with Store(tmp_path / "s.sqlite") as store:
         for kind in ("vae", "gan"):
@@ -172,7 +172,7 @@ def test_magnet_expands_to_reformer_then_detector(generative_zoo):
 
 
 def test_purifier_modes_are_keyed_apart_and_the_strongest_is_ranked(generative_zoo, trained, fmnist_test, tmp_path):
-    from reports.leaderboard import markdown, table
+    from robustbench_lite.reporting.leaderboard import markdown, table
 
     kw = dict(n=60, defense=["vae_purify"])
     with Store(tmp_path / "s.sqlite") as store:
@@ -205,7 +205,8 @@ def test_magnet_joint_attack_is_caught_less_than_the_oblivious_one(generative_zo
 
 
 def test_defense_gan_backward_is_the_projector_onto_the_generators_tangent_space(generative_zoo, fmnist_test):
-    from robustbench_lite.defense import Defense, Defended
+    from robustbench_lite.defenses.base import Defense
+    from robustbench_lite.views import Defended
 
     (dgan,) = chain(["defense_gan:steps=10,restarts=2"])
     x = fmnist_test.first(4).floats().requires_grad_(True)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attacks import _generator
+from robustbench_lite.attacks import _generator
 from robustbench_lite import data, specs
-from robustbench_lite.experiment import execute
+from robustbench_lite.experiments.base import execute
 from robustbench_lite.paths import default_store
 from robustbench_lite.registry import ATTACKS, EXPERIMENTS
 from robustbench_lite.store import Store
@@ -51,7 +51,8 @@ def test_generator_is_keyed_by_the_target_weights(trained):
         trained.model.load_state_dict(state)
     assert _generator.fingerprint(trained.model) == fp
     # A defended view of the same weights is another target.
-    from robustbench_lite.defense import Defended, chain
+    from robustbench_lite.views import Defended
+    from robustbench_lite.defenses.base import chain
 
     assert _generator.fingerprint(Defended(trained.model, chain(["jpeg"]))) != fp
 
@@ -102,7 +103,7 @@ def test_latent_projected_stays_in_the_ball_and_unrestricted_does_not(generative
     exp = EXPERIMENTS.create("latent", n=64, steps=30, radius=2.0)
     with Store(tmp_path / "s.sqlite") as store:
         (outcome, _key), = execute(exp, [trained], data.load("fmnist", "train"), fmnist_test, store=store)
-        from reports.galleries import latent_gallery, unrestricted_table
+        from robustbench_lite.reporting.galleries import latent_gallery, unrestricted_table
 
         assert latent_gallery(store, tmp_path / "l.png") is not None
         table = unrestricted_table(store, tmp_path / "u.md").read_text()

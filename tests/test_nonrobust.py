@@ -8,17 +8,17 @@ import torch
 from robustbench_lite import data, zoo
 from robustbench_lite.cli import main
 from robustbench_lite.data import DATASETS
-from robustbench_lite.experiment import execute
+from robustbench_lite.experiments.base import execute
 from robustbench_lite.registry import EXPERIMENTS
 from robustbench_lite.store import Store
 
-from experiments.nonrobust import representation, robustify
+from robustbench_lite.experiments.nonrobust import representation, robustify
 
 TINY = dict(n=1000, steps=20, synth_steps=15, epochs=2, eval_n=100, eval_steps=3)
 
 
 def test_nonrobust_builds_both_sets_trains_on_them_and_writes_its_page(trained, fmnist_test, tmp_path):
-    from reports.galleries import nonrobust_figure, nonrobust_table
+    from robustbench_lite.reporting.galleries import nonrobust_figure, nonrobust_table
 
     train = data.load("fmnist", "train")
     with Store(tmp_path / "s.sqlite") as store:
@@ -74,7 +74,7 @@ def test_nonrobust_needs_a_standard_and_a_robust_model(trained, fmnist_test, tmp
 
 
 def test_feature_maps_of_a_denoising_model(fmnist_test, tmp_path):
-    from reports.galleries import feature_maps_figure
+    from robustbench_lite.reporting.galleries import feature_maps_figure
     from robustbench_lite.zoo.denoise import DenoiseBlock
 
     torch.manual_seed(0)

@@ -18,7 +18,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "my_defense.py"
 HEADER = """
 from dataclasses import dataclass
 import torch
-from robustbench_lite.defense import Defense
+from robustbench_lite.defenses.base import Defense
 from robustbench_lite.registry import DEFENSES
 """
 

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import os, time
 from pathlib import Path
 from robustbench_lite.registry import ATTACKS
-from robustbench_lite.attack import Attack
-from attacks.fgsm import FGSM
+from robustbench_lite.attacks.base import Attack
+from robustbench_lite.attacks.fgsm import FGSM
 
 
 @ATTACKS.register("hang_once")

@@ -19,7 +19,7 @@ from robustbench_lite.cli import main
 from robustbench_lite.engine import evaluate
 from robustbench_lite.store import Store
 from robustbench_lite.zoo import LoadedModel
-from reports import site
+from robustbench_lite.reporting import site
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -188,7 +188,7 @@ def test_imported_robustbench_entries_are_shown_on_their_board_never_ranked(tmp_
 
 def test_imported_rows_stand_beside_ours_on_the_same_board(published, tmp_path):
     store, _, _ = published
-    from reports import leaderboard
+    from robustbench_lite.reporting import leaderboard
 
     info = dict(RB_FILES["Standard"], dataset="fmnist", eps="0.1", name="Someone's FMNIST model")
     p = tmp_path / "model_info" / "fmnist" / "Linf" / "Someone.json"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attacks.apgd import _dlr
-from attacks.square import _square_fraction
+from robustbench_lite.attacks.apgd import _dlr
+from robustbench_lite.attacks.square import _square_fraction
 from robustbench_lite import specs
 from robustbench_lite.registry import ATTACKS
 from robustbench_lite.threat import Threat

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attack import eval_mode, module_calls
+from ..inference import eval_mode
+from ..attacks.base import module_calls
 from ..threat import Threat
 
 INNER = 99  # random inner points per test, besides the point itself

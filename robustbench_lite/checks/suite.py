@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..attack import eval_mode, input_grad, live, without_early_stop
+from ..inference import eval_mode
+from ..attacks.base import input_grad, live, without_early_stop
 from ..threat import Threat
 
 
@@ -70,7 +71,7 @@ class CheckConfig:
     attacks: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        from ..attack import check_int
+        from ..validation import check_int
 
         check_int("checks", "n", self.n, 10)
         check_int("checks", "steps", self.steps, 1)

@@ -9,7 +9,7 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import nn
 
-from ..attack import eval_mode
+from ..inference import eval_mode
 
 #: The eps the loop monitors PGD accuracy at when a recipe has none of its own (standard training).
 MONITOR_EPS = 0.1

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attack import check_positive, check_steps
+from ..validation import check_positive, check_steps
 from ..registry import ATTACKS, RECIPES
 from ..threat import Threat
 from .base import Recipe, Step, check_eps, check_fraction, clean_logits

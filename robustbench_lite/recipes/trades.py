@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attack import check_positive, check_steps, eval_mode
+from ..validation import check_positive, check_steps
+from ..inference import eval_mode
 from ..registry import RECIPES
 from ..threat import Threat
 from .base import Recipe, Step, check_eps

@@ -1,1 +1,0 @@
-"""Reports built from the results store alone: leaderboards and plots."""
