@@ -28,4 +28,4 @@ def write(path: str | Path, write: Callable[[str], Any], mode: int = 0o644) -> P
 
 
 def write_text(path: str | Path, text: str) -> Path:
-    return write(path, lambda p: Path(p).write_text(text))
+    return write(path, lambda p: Path(p).write_text(text, encoding="utf-8"))

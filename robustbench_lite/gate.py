@@ -263,7 +263,7 @@ def publish(suite: Suite, rows: list[Row], junit_path: Path | None = None) -> st
             f.write(md + "\n")
     if junit_path is not None:
         text = junit(suite, rows)
-        atomic.write(Path(junit_path), lambda p: Path(p).write_text(text))
+        atomic.write_text(Path(junit_path), text)
     return md
 
 

@@ -215,7 +215,7 @@ def write_reports(store: Store, out: Path, headline_eps: float = HEADLINE_EPS) -
     written = leaderboard.write_all(store, out, headline_eps=headline_eps, cards=cards) if ranked else []
     if ranked and not leaderboard.table(store, headline_eps).empty:
         tex = site.latex(store, headline_eps)
-        leaderboard.atomic.write(Path(out) / "leaderboard.tex", lambda p: Path(p).write_text(tex))
+        leaderboard.atomic.write_text(Path(out) / "leaderboard.tex", tex)
         written.append(Path(out) / "leaderboard.tex")
         written += site.write_robustbench(store, Path(out) / "robustbench", headline_eps)
         # The site draws the galleries itself, into its experiments/ folder; write_all drew the plots.
@@ -249,5 +249,5 @@ def write_manifest(store: Store, out: Path) -> Path:
                 "cells": cells, "legacy_cells": len(store.legacy())}
     path = out / "manifest.json"
     text = json.dumps(manifest, indent=1) + "\n"
-    atomic.write(path, lambda p: Path(p).write_text(text))
+    atomic.write_text(path, text)
     return path

@@ -279,7 +279,7 @@ def unrestricted_table(store: Store, path: Path) -> Path | None:
                      f"{m['radius']} | {_pct(m['success'])} | {num(m['median_latent_distance'])} | {num(m['median_l2_to_x'])} | "
                      f"{num(m['median_linf_to_x'])} |")
     text = "\n".join(lines) + "\n"
-    atomic.write(path, lambda p: Path(p).write_text(text))
+    atomic.write_text(path, text)
     return path
 
 
@@ -346,7 +346,7 @@ def nonrobust_table(store: Store, path: Path) -> Path | None:
                                                 for e, (d, lo, hi) in m["robustified_minus_original"].items()) + " points."]
         lines.append("")
     text = "\n".join(lines)
-    atomic.write(path, lambda p: Path(p).write_text(text))
+    atomic.write_text(path, text)
     return path
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import pandas as pd
 
@@ -293,7 +293,7 @@ def write_all(store: Store, out: Path, headline_eps: float = 0.1, cards: Sequenc
         text = render(store, fmt, headline_eps)
         if fmt == "md" and curves:
             text += "\n![training curves](training_curves.png)\n"
-        atomic.write(out / name, lambda p, t=text: Path(p).write_text(t))
+        atomic.write_text(out / name, text)
         written.append(out / name)
     written.append(plot(store, out / "accuracy_vs_eps.png"))
     from . import twins

@@ -105,7 +105,7 @@ def write_site(store: Store, out: Path, headline_eps: float = 0.1, plotted: bool
         norm="L-inf", eps=headline_eps, columns=columns, text_columns={"model", "arch", "recipe", "defense", "attacked",
                                                                        "masking checks"},
         attack_columns=attack_columns, rows=rows, images=images, imported=imported, version=__version__)
-    atomic.write(out / "index.html", lambda p: Path(p).write_text(text, encoding="utf-8"))
+    atomic.write_text(out / "index.html", text)
     written.append(out / "index.html")
     written += _model_pages(store, out, env, cards)
     return written
@@ -166,7 +166,7 @@ def _model_pages(store: Store, out: Path, env: Any, cards: dict[str, Any]) -> li
                        for f in GALLERIES[kind] if (out / "experiments" / f).is_file()]
         text = env.get_template("model.html.j2").render(title=f"{model}: robustbench_lite", model=model, card=card_items,
                                                         cells=cells, images=images)
-        atomic.write(page, lambda p, t=text: Path(p).write_text(t, encoding="utf-8"))
+        atomic.write_text(page, text)
         written += [page, out / "models" / f"{slug(model)}.png"]
     return written
 
@@ -251,7 +251,7 @@ def write_robustbench(store: Store, out: Path, headline_eps: float = 0.1) -> lis
         path = Path(out) / info["dataset"] / THREATS["linf"] / f"{slug(name)}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(info, indent=2) + "\n"
-        atomic.write(path, lambda p, t=text: Path(p).write_text(t))
+        atomic.write_text(path, text)
         written.append(path)
     return written
 
@@ -307,7 +307,7 @@ def write_imported(store: Store, out: Path) -> list[Path]:
         path = Path(out) / str(e["original"]["dataset"]) / THREATS[e["norm"]] / f"{e['id']}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(e["original"], indent=2) + "\n"
-        atomic.write(path, lambda p, t=text: Path(p).write_text(t))
+        atomic.write_text(path, text)
         written.append(path)
     return written
 

@@ -79,5 +79,5 @@ def write(store: Store, path: Path, eps: float = 0.1) -> Path | None:
     text = markdown(store, eps)
     if text is None:
         return None
-    atomic.write(path, lambda p: Path(p).write_text(text))
+    atomic.write_text(path, text)
     return path
