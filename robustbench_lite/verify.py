@@ -104,6 +104,20 @@ def _experiment_runs(store: Store) -> list[list[tuple[str, dict[str, Any], bytes
     return list(runs.values())
 
 
+def is_timing(key: str) -> bool:
+    """A wall-clock field (`seconds`, `train_seconds`, ...): the machine decides it, not the run's inputs."""
+    return key == "seconds" or key.endswith("_seconds")
+
+
+def decided(metrics: Any) -> Any:
+    """An experiment's metrics without their wall-clock fields, at any depth: what a re-run must reproduce."""
+    if isinstance(metrics, dict):
+        return {k: decided(v) for k, v in metrics.items() if not (isinstance(k, str) and is_timing(k))}
+    if isinstance(metrics, list):
+        return [decided(v) for v in metrics]
+    return metrics
+
+
 def _experiment(ctx: "_Context", run: list[tuple[str, dict[str, Any], bytes]]) -> list[Outcome]:
     """One experiment run, re-run from its artifacts' metadata: an outcome per artifact."""
     from safetensors.torch import load
@@ -136,9 +150,10 @@ def _experiment(ctx: "_Context", run: list[tuple[str, dict[str, Any], bytes]]) -
         if now is None:
             out.append(outcome(key, meta, MISMATCH, f"the run now gives no outcome for {meta['model']}"))
             continue
-        metrics = json.loads(json.dumps(now.metrics, sort_keys=True, default=str))
-        diffs = [f"{k}: {meta['metrics'].get(k)!r} stored, {metrics.get(k)!r} now"
-                 for k in sorted(set(metrics) | set(meta["metrics"])) if metrics.get(k) != meta["metrics"].get(k)]
+        metrics = decided(json.loads(json.dumps(now.metrics, sort_keys=True, default=str)))
+        kept = decided(meta["metrics"])
+        diffs = [f"{k}: {kept.get(k)!r} stored, {metrics.get(k)!r} now"
+                 for k in sorted(set(metrics) | set(kept)) if metrics.get(k) != kept.get(k)]
         stored = load(blob)
         diffs += [f"tensor {name} differs" for name in sorted(set(stored) | set(now.tensors))
                   if name not in stored or name not in now.tensors

@@ -17,6 +17,7 @@ from robustbench_lite.inference import predictions
 from robustbench_lite.registry import EXPERIMENTS
 from robustbench_lite.store import Store, artifact_key
 from robustbench_lite.threat import Threat
+from robustbench_lite.verify import decided
 
 from .conftest import SEED
 
@@ -127,16 +128,24 @@ def test_verify_reruns_a_stored_experiment_and_names_what_differs(trained, tmp_p
     with Store(store_path) as store:
         (key, kind, text, blob), = store.raw_artifacts()
         meta = json.loads(text)
+        original = dict(meta["metrics"])
         meta["metrics"]["fooling_rate"] += 0.01
         forged = json.dumps(meta, sort_keys=True)
         store.put_raw_artifacts([(artifact_key(kind, forged, blob), kind, forged, blob)])
         legacy = {k: v for k, v in meta.items() if k not in ("models", "train_sha256")}
         old = json.dumps(legacy, sort_keys=True)
         store.put_raw_artifacts([(artifact_key(kind, old, blob), kind, old, blob)])
+        # Wall-clock fields are the machine's, not the run's: another value, at any depth, is no mismatch.
+        timed = dict(meta, metrics=dict(original, seconds=9.0, train_seconds=123.4))
+        timed_text = json.dumps(timed, sort_keys=True)
+        store.put_raw_artifacts([(artifact_key(kind, timed_text, blob), kind, timed_text, blob)])
     code, rows = verified()
-    assert code == 1 and [r["status"] for r in rows] == ["identical", "MISMATCH", "unavailable"]
-    assert rows[1]["note"].startswith("fooling_rate: ") and "stored" in rows[1]["note"]
-    assert "stored before experiments recorded every model" in rows[2]["note"]
+    assert code == 1 and sorted(r["status"] for r in rows) == ["MISMATCH", "identical", "identical", "unavailable"]
+    by_status = {r["status"]: r for r in rows}
+    assert by_status["MISMATCH"]["note"].startswith("fooling_rate: ") and "stored" in by_status["MISMATCH"]["note"]
+    assert "seconds" not in by_status["MISMATCH"]["note"]
+    assert "stored before experiments recorded every model" in by_status["unavailable"]["note"]
+    assert decided({"a": 1, "seconds": 2, "x": [{"fit_seconds": 3, "b": 4}]}) == {"a": 1, "x": [{"b": 4}]}
 
 
 @pytest.mark.parametrize("kw,match", [
