@@ -602,7 +602,7 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from . import specs, zoo
+    from . import params, specs, zoo
     from .registry import ATTACKS, DEFENSES, EXPERIMENTS, GENERATIVE, MODELS, RECIPES
 
     reg = {"models": MODELS, "attacks": ATTACKS, "defenses": DEFENSES, "recipes": RECIPES,
@@ -613,6 +613,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         doc = (entry.obj.__doc__ or "").strip().splitlines()
         item = {"name": "fb:<FoolboxAttackName>" if name == "fb" and reg is ATTACKS else name,
                 "summary": doc[0] if doc else ""} | {k: v for k, v in entry.meta.items() if not callable(v)}
+        if isinstance(entry.obj, type) and params.params(entry.obj):
+            item["hyperparameters"] = params.describe(entry.obj)
         if reg is MODELS:
             item["trained"] = [m for m in zoo.trained() if m.startswith(f"{name}-")]
         items.append(item)

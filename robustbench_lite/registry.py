@@ -16,6 +16,8 @@ import types
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .params import Validated, document
+
 @dataclass
 class Entry:
     name: str
@@ -55,6 +57,9 @@ class Registry:
                     f"it was first registered by {self._entries[name].origin}"
                 )
             self._entries[name] = Entry(name, obj, origin, dict(meta))
+            if isinstance(obj, type) and issubclass(obj, Validated):
+                obj.registered_as = name  # the name its errors use
+                document(obj)
             return obj
 
         return deco

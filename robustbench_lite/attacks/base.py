@@ -21,6 +21,7 @@ from ..registry import ATTACKS
 from ..rng import PointStreams, as_generator
 from ..inference import eval_mode
 from ..threat import Threat
+from ..params import Validated
 from ..validation import check_batch
 
 TARGETS = ("none", "least_likely", "next", "random")
@@ -77,7 +78,7 @@ def ranked_target(ranked: torch.Tensor, y: torch.Tensor, rank: int | None) -> to
 
 
 @dataclass(frozen=True, kw_only=True)
-class Attack(ABC):
+class Attack(Validated, ABC):
     """Base class: subclasses add frozen hyperparameter fields and implement ``run``.
 
     ``batch_invariant`` declares that the attack's result for a point depends on that point and
@@ -87,6 +88,9 @@ class Attack(ABC):
     statistics). Its cells then leave the batch size out of their key. An attack that does not
     declare it receives a plain ``torch.Generator`` and its cells are keyed by the batch size; the
     conformance suite tests the declaration (``conformance.check_attack``).
+
+    Hyperparameters are declared with :mod:`robustbench_lite.params` (default, bounds, doc), which
+    validates them and writes the ``Args:`` docs. An eps of 0 never reaches ``run``: x is returned.
     """
 
     batch_invariant: ClassVar[bool] = False
@@ -96,8 +100,8 @@ class Attack(ABC):
         if not isinstance(threat, Threat):
             raise TypeError(f"threat must be a Threat, got {type(threat).__name__}")
         check_batch(x, y, threat.bounds)
-        if x.shape[0] == 0:
-            return x.clone()
+        if x.shape[0] == 0 or threat.eps == 0:
+            return x.clone()  # nothing to attack, or no room to move: x is the answer
         rng = PointStreams.of(generator, x.shape[0], x.device) if self.batch_invariant else as_generator(generator)
         with eval_mode(model):
             x_adv = self.run(model, x.detach(), y, threat, rng)

@@ -30,12 +30,13 @@ from torch import nn
 
 from .. import specs
 from ..registry import DEFENSES
-from ..validation import check_int, check_interval
+from ..params import Validated, integer, real
 
 
 @dataclass(frozen=True, kw_only=True)
-class Defense(ABC):
-    """A preprocessing step. Hyperparameters are frozen fields, checked in ``__post_init__``.
+class Defense(Validated, ABC):
+    """A preprocessing step. Hyperparameters are frozen fields declared with
+    :mod:`robustbench_lite.params` (validated, and documented, from that one declaration).
 
     ``batch_invariant`` declares that the step maps each image on its own (no batch statistics, no
     random draws): the cells of a defended model then leave the batch size out of their key. A
@@ -80,7 +81,7 @@ def spec_of(config: dict[str, Any]) -> str:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Composite(ABC):
+class Composite(Validated, ABC):
     """A defense made of several registered parts (MagNet: a reformer and a detector), which
     :func:`chain` expands in place; the engine only ever sees the parts."""
 
@@ -116,27 +117,17 @@ class _StraightThrough(torch.autograd.Function):
 
 
 @dataclass(frozen=True, kw_only=True)
-class Detector(ABC):
-    """Base class: frozen hyperparameters, a score, and optionally parts fitted on clean data.
-
-    Args:
-        fpr: the false-positive rate on clean calibration data that sets the threshold
-            (default 0.05, in (0, 1)).
-        calibration: the last N training points used to fit and calibrate (default 2000).
-    """
+class Detector(Validated, ABC):
+    """Base class: frozen hyperparameters, a score, and optionally parts fitted on clean data."""
 
     differentiable: ClassVar[bool] = True
     stochastic: ClassVar[bool] = False
     needs_activations: ClassVar[bool] = False  # score reads the input of the classifier's head
     batch_invariant: ClassVar[bool] = False  # scores each input on its own (see Defense.batch_invariant)
 
-    fpr: float = 0.05
-    calibration: int = 2000
-
-    def __post_init__(self) -> None:
-        name = DEFENSES.name_of(type(self))
-        check_interval(name, "fpr", self.fpr, 0, 1, "()")
-        check_int(name, "calibration", self.calibration, 100)
+    fpr: float = real(0.05, "the false-positive rate on clean calibration data that sets the threshold",
+                      lo=0, hi=1, interval="()")
+    calibration: int = integer(2000, "the last N training points used to fit and calibrate", lo=100)
 
     def fit(self, classifier: nn.Module, base: nn.Module, x: torch.Tensor, y: torch.Tensor,
             generator: torch.Generator) -> nn.Module | None:

@@ -13,6 +13,7 @@ import torch
 
 from .. import __version__, devices
 from ..data import Split
+from ..params import Validated
 from ..registry import EXPERIMENTS
 from ..zoo import LoadedModel
 
@@ -27,8 +28,8 @@ class Outcome:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Experiment(ABC):
-    """Base class: frozen hyperparameters checked in ``__post_init__``, and ``run``."""
+class Experiment(Validated, ABC):
+    """Base class: frozen hyperparameters declared with :mod:`robustbench_lite.params`, and ``run``."""
 
     @abstractmethod
     def run(self, models: Sequence[LoadedModel], train: Split, test: Split, *, seed: int) -> list[Outcome]:

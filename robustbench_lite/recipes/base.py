@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..inference import eval_mode
+from ..params import Validated
 
 #: The eps the loop monitors PGD accuracy at when a recipe has none of its own (standard training).
 MONITOR_EPS = 0.1
@@ -29,8 +30,9 @@ class Step(NamedTuple):
 
 
 @dataclass(frozen=True, kw_only=True)
-class Recipe(ABC):
-    """A recipe's hyperparameters are frozen fields; they go into the model card.
+class Recipe(Validated, ABC):
+    """A recipe's hyperparameters are frozen fields declared with :mod:`robustbench_lite.params`;
+    they go into the model card.
 
     Class attributes:
         schedule: the learning-rate schedule the loop uses unless told otherwise
