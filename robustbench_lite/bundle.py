@@ -32,6 +32,9 @@ from typing import Any, Sequence
 
 from . import __version__
 from .zoo.checkpoint import CARD, WEIGHTS, CheckpointError, file_sha256
+from .generative import base as generative
+from . import zoo
+from .store import artifact_key
 
 FORMAT = "robustbench_lite-bundle"
 VERSION = 1
@@ -85,8 +88,6 @@ def _self_hash(manifest: dict[str, Any]) -> str:
 
 def _source_dir(name: str) -> tuple[str, Path]:
     """(kind, cache folder) of a trained zoo model or generative model named ``name``."""
-    from .generative import base as generative
-    from . import zoo
 
     if zoo.is_trained(name):
         return "zoo", zoo.checkpoint_dir(name)
@@ -188,8 +189,6 @@ def _check_files(path: Path, files: dict[str, Any]) -> None:
 
 
 def _check_model(path: Path, e: Entry) -> None:
-    from .generative import base as generative
-    from . import zoo
 
     folder = path / e.folder
     try:
@@ -208,7 +207,6 @@ def _check_model(path: Path, e: Entry) -> None:
 
 
 def _check_artifact(path: Path, e: Entry) -> tuple[str, str, bytes]:
-    from .store import artifact_key
 
     info = json.loads((path / "artifacts" / f"{e.name}.json").read_text())
     blob = (path / "artifacts" / f"{e.name}.safetensors").read_bytes()
@@ -246,8 +244,6 @@ def read(path: Path) -> Bundle:
 
 def _cache_dir(kind: str, name: str) -> Path:
     """Where a model of ``kind`` ("zoo" or "generative") named ``name`` lives in the cache."""
-    from .generative import base as generative
-    from . import zoo
 
     return zoo.checkpoint_dir(name) if kind == "zoo" else generative.checkpoint_dir(name)
 

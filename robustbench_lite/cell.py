@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import fingerprint
+from . import zoo
 
 if TYPE_CHECKING:
     from .zoo import LoadedModel
@@ -88,7 +89,6 @@ class ModelId:
 
 def model_id(lm: "LoadedModel") -> tuple[ModelId, tuple[tuple[str, str], ...]]:
     """A loaded model's identity (name, weights, architecture fingerprint) and the libraries its code uses."""
-    from . import zoo
 
     model = lm.model
     arch = lm.card.arch if lm.card else (lm.arch or f"{type(model).__module__}.{type(model).__qualname__}")

@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 
 from . import __version__
 
+# lazy (every function): a command imports what it needs when it runs, so `rbl --help` and a
+# mistyped argument answer at once, without importing torch.
+
 EXIT_USAGE = 2
 EXIT_CHECKS = 3  # rbl eval --strict: an evaluation whose checks failed
 

@@ -16,6 +16,9 @@ from torch import nn
 
 from . import devices
 from .threat import Threat
+from .defenses.base import Detector
+from .rng import PointStreams
+from .data import DATASETS
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,6 @@ DEFENSE_CHECKS = {"output": defense_output, "randomness": defense_randomness, "g
 
 
 def check_defense(name: str, d: Any, x: torch.Tensor) -> list[Result]:
-    from .defenses.base import Detector
 
     if isinstance(d, Detector):
         return [Result(name, "detector", True, "detectors are checked through rbl eval (thresholds need a classifier)")]
@@ -187,7 +189,6 @@ def sign_test(wins: int, losses: int) -> float:
 def attack_batches(a: Any, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat) -> str | None:
     """An attack that declares ``batch_invariant`` gives each point the same x_adv whichever points
     share its batch: the engine then leaves the batch size out of its cells' keys."""
-    from .rng import PointStreams
 
     if not a.batch_invariant:
         return None
@@ -228,7 +229,6 @@ def check_attack(name: str, a: Any, model: nn.Module, x: torch.Tensor, y: torch.
 
 def check_model(name: str, factory: Any, dataset: str, x: torch.Tensor) -> Result:
     """An architecture builds for the dataset and maps a batch in [0, 1] to one finite logit per class."""
-    from .data import DATASETS
 
     def run() -> str | None:
         info = DATASETS[dataset]

@@ -45,6 +45,8 @@ from .validation import check_int
 from .views import Defended, Fitted, Guarded, vote
 from .views import fit as fit_detector
 from .zoo import LoadedModel
+from .provenance import machine, now
+from . import conformance
 
 _log = logging.getLogger(__name__)
 
@@ -380,7 +382,6 @@ def _seed(key: str, *what: Any) -> int:
 
 
 def _provenance(lm: LoadedModel, batch_size: int, device: torch.device) -> dict[str, Any]:
-    from .provenance import machine, now
 
     return {"batch_size": batch_size, "model_source": lm.source, "created": now(), "machine": machine(device.type)}
 
@@ -543,7 +544,6 @@ def _batch_invariant(model: nn.Module, subset: Split, attacks: Sequence[Attack],
     or undeclared, and the model's outputs for a point do not change with its batch-mates. A
     plugin's declaration is tested on a few points first (``conformance``); one that fails keys
     its cells by the batch size."""
-    from . import conformance
 
     if not all(a.batch_invariant for a in attacks):
         return False

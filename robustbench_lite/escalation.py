@@ -34,6 +34,8 @@ from torch import nn
 
 from .inference import eval_mode
 from .attacks.base import live, module_calls
+from .validation import check_int, check_interval
+from . import zoo
 
 _log = logging.getLogger(__name__)
 
@@ -133,7 +135,6 @@ class EscalationConfig:
     eot: int = 10
 
     def __post_init__(self) -> None:
-        from .validation import check_int, check_interval
 
         check_int("escalation", "steps", self.steps, 1)
         check_int("escalation", "queries", self.queries, 1)
@@ -159,7 +160,6 @@ def ladder_data() -> dict[str, Any]:
 def surrogates(config: EscalationConfig, dataset: str, weights_sha256: str) -> tuple[str, ...]:
     """The surrogate models the transfer step uses: the configured ones, else up to two trained zoo
     models of ``dataset`` (a standard one first, then a robust one) that are not the evaluated weights."""
-    from . import zoo
 
     if config.surrogates is not None:
         return config.surrogates

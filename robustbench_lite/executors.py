@@ -31,6 +31,7 @@ from .checks import CheckConfig
 from .data import Split
 from .engine import EvalResult, evaluate
 from .zoo import LoadedModel
+from . import atomic, plugins
 
 _log = logging.getLogger(__name__)
 
@@ -103,16 +104,11 @@ class Plugin:
         return cls(path.name, path.read_text())
 
     def load(self) -> None:
-        from . import plugins
-
         digest = hashlib.sha256(self.source.encode()).hexdigest()[:16]
         folder = Path(tempfile.gettempdir()) / f"rbl-plugins-{os.getuid()}" / digest
         path = folder / self.name
         if not path.is_file():
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = folder / f".{self.name}.{os.getpid()}"
-            tmp.write_text(self.source)
-            os.replace(tmp, path)
+            atomic.write_text(path, self.source)
         plugins.load(path)
 
 

@@ -40,6 +40,7 @@ from .checks import CheckConfig
 from .defenses.base import chain
 from .engine import MODES, evaluate
 from .escalation import EscalationConfig
+from robustbench_lite import atomic
 
 
 class SuiteError(ValueError):
@@ -254,7 +255,6 @@ def junit(suite: Suite, rows: list[Row]) -> str:
 
 def publish(suite: Suite, rows: list[Row], junit_path: Path | None = None) -> str:
     """The Markdown table; appended to $GITHUB_STEP_SUMMARY when set, JUnit XML written atomically."""
-    from robustbench_lite import atomic
 
     md = markdown(suite, rows)
     summary = os.environ.get("GITHUB_STEP_SUMMARY")

@@ -39,8 +39,8 @@ def pin() -> None:
 def environment(device: "torch.device | None" = None) -> dict[str, str]:
     """The numeric code paths of this process, as they go into a cell's key (on a GPU, with the
     GPU's model and libraries: :func:`robustbench_lite.devices.environment`)."""
+    # lazy: `import robustbench_lite` (and `rbl --help`) must start without torch
     import torch
-
     from . import devices
 
     return {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "mkl_cbwr": os.environ.get("MKL_CBWR", "AUTO"),

@@ -33,6 +33,7 @@ def _registries() -> list[Registry]:
 
 def _protocol(registry: Registry, obj: Any) -> str | None:
     """Why ``obj`` cannot live in ``registry``, or None when it can."""
+    # lazy: loaded by the CLI at start-up; the method bases import torch
     from .attacks.base import Attack
     from .defenses.base import Composite, Defense
     from .defenses.base import Detector

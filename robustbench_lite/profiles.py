@@ -17,6 +17,13 @@ from .executors import Executor, Failed, LocalExecutor, Plugin, Progress, Task, 
 from .store import Store
 from .train import TrainConfig, train
 from .zoo import LoadedModel
+from . import devices
+from .plugins import load_all
+from . import bundle
+from robustbench_lite.reporting import galleries, leaderboard
+from robustbench_lite.reporting import site
+from robustbench_lite import atomic
+from .provenance import commit, machine, now, versions
 
 _log = logging.getLogger(__name__)
 
@@ -138,15 +145,12 @@ def run_grid(profile: Profile, store: Store, *, data_dir: str | None = None, pro
     With ``zoo_dir`` (a bundle, :mod:`robustbench_lite.bundle`) the models are the bundle's,
     verified, and nothing is trained or read from the cache. ``device`` (``auto``, ``cpu``,
     ``cuda[:N]``, ``mps``; None is the CPU) is where models train and cells run."""
-    from . import devices
-    from .plugins import load_all
 
     device = str(devices.resolve(device or "cpu"))
 
     load_all([str(p) for p in plugins])  # here, for planning and the local executor; shipped by content to Ray
     shipped = None
     if zoo_dir is not None:
-        from . import bundle
 
         shipped = bundle.read(Path(zoo_dir))
         held = [e.name for e in shipped.models("zoo")]
@@ -202,9 +206,7 @@ def run(profile: Profile, store: Store, **kw: Any) -> list[EvalResult]:
 def write_reports(store: Store, out: Path, headline_eps: float = HEADLINE_EPS) -> list[Path]:
     """The leaderboard from the store, the training curves of every trained zoo model it ranks,
     and the figures of every experiment whose artifacts the store holds."""
-    from robustbench_lite.reporting import galleries, leaderboard
 
-    from robustbench_lite.reporting import site
 
     frame = leaderboard.frame(store)
     ranked = set(frame.get("model", ()))
@@ -232,9 +234,7 @@ def write_manifest(store: Store, out: Path) -> Path:
     import json
     import os
 
-    from robustbench_lite import atomic
 
-    from .provenance import commit, machine, now, versions
 
     cells = [{"key": r.key, "model": r.model, "weights_sha256": r.weights_sha256, "defense": r.defense, "mode": r.mode,
               "attacks": list(r.attacks), "norm": r.norm, "eps": r.eps, "n": r.n, "clean_acc": r.clean_acc,

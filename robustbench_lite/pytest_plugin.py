@@ -25,6 +25,7 @@ class Robustness:
 
     def check(self, suite: str | Path | dict[str, Any], *, store: str | Path | None = None,
               junit: str | Path | None = None) -> list[Any]:
+        # lazy: pytest loads this plugin in every session; the store is imported only when a gate is asked for
         from . import gate
         from .paths import default_store
         from .store import Store

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 from .attacks.base import Attack
 from .registry import ATTACKS
+from .registry import DEFENSES
 
 
 def _value(text: str) -> Any:
@@ -58,7 +59,6 @@ def render(config: dict[str, Any], key: str) -> str:
 
 def _arguments(key: str, name: str) -> dict[str, str]:
     """A method's config keys that name another constructor argument (``config_arguments``)."""
-    from .registry import DEFENSES
 
     registry = ATTACKS if key == "attack" else DEFENSES
     try:

@@ -37,6 +37,7 @@ import numpy as np
 from .cell import SCHEMA, CellConfig, canonical, digest
 from .checks import Verdict
 from .engine import EvalResult
+from .zoo import ModelCard
 
 if TYPE_CHECKING:
     import torch
@@ -263,7 +264,6 @@ class Store:
 
     def cards(self) -> list[Any]:
         """The model cards recorded in the store, as :class:`~robustbench_lite.zoo.ModelCard`s."""
-        from .zoo import ModelCard
 
         names = {f.name for f in dataclasses.fields(ModelCard)}
         return [ModelCard(**{k: v for k, v in m["card"].items() if k in names}) for m in self.models() if m["card"]]

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:
-    from .rng import PointStreams
+from .rng import PointStreams
 
 NORMS = ("linf", "l2")
 
@@ -58,7 +56,6 @@ class Threat:
 
     def random_start(self, x: torch.Tensor, generator: "torch.Generator | PointStreams | None") -> torch.Tensor:
         """A uniform sample from the ball (Madry 2018), clipped to the box; each point's from its own stream."""
-        from .rng import PointStreams
 
         if not math.isfinite(self.eps):
             raise ValueError("random start needs a finite eps")

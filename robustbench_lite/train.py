@@ -18,12 +18,14 @@ import torch
 from tqdm.auto import tqdm
 
 from . import data as data_mod
-from . import devices, zoo
+from . import atomic, devices, zoo
 from .inference import predict
 from .provenance import versions
 from .validation import check_int
 from .registry import ATTACKS, MODELS, RECIPES
 from .threat import Threat
+from .recipes.base import STANDARD_EPS
+from .engine import _state_sha256
 
 _log = logging.getLogger(__name__)
 
@@ -82,7 +84,6 @@ class TrainConfig:
     def _dataset_eps(self) -> tuple[tuple[str, Any], ...]:
         """The recipe's arguments, with the dataset's standard eps (``STANDARD_EPS``: 8/255 on
         CIFAR-10) where the recipe has an eps, none was given, and its default is another."""
-        from .recipes.base import STANDARD_EPS
 
         kw = dict(self.recipe_kw)
         default = {f.name: f.default for f in dataclasses.fields(RECIPES.get(self.recipe).obj)}.get("eps")
@@ -249,7 +250,6 @@ def _identity(cfg: TrainConfig, recipe: Any, split: data_mod.Split, pretrained: 
 def _save_resume(path: Path, identity: dict[str, Any], state: _State, model: torch.nn.Module,
                  opt: torch.optim.Optimizer, sched: Any, gen: torch.Generator, rgen: torch.Generator,
                  amp: "_Precision") -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     blob = {"identity": identity, "curves": json.dumps(state.curves), "notes": json.dumps(state.notes),
             "seconds": state.seconds, "best": state.best, "model": model.state_dict(), "opt": opt.state_dict(),
             "sched": sched.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state()}
@@ -257,12 +257,7 @@ def _save_resume(path: Path, identity: dict[str, Any], state: _State, model: tor
         blob["rgen"] = rgen.get_state().cpu()
     if amp.scaler is not None:
         blob["scaler"] = amp.scaler.state_dict()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(blob, tmp)
-        os.replace(tmp, path)  # a kill mid-write leaves the previous epoch's file intact
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic.write(path, lambda tmp: torch.save(blob, tmp))  # a kill mid-write leaves the previous epoch's file intact
 
 
 def _load_resume(path: Path, identity: dict[str, Any], model: torch.nn.Module, opt: torch.optim.Optimizer,
@@ -504,7 +499,6 @@ class Distributed:
         same weights (DDP keeps them in step; a divergence would be a bug worth stopping on)."""
         import torch.distributed as td
 
-        from .engine import _state_sha256
 
         digests: list[Any] = [None] * self.world
         td.all_gather_object(digests, _state_sha256(model))

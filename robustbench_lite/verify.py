@@ -39,6 +39,14 @@ from .cell import SCHEMA, CellConfig, digest
 from .engine import EvalResult, cell_configs, evaluate
 from .registry import ATTACKS, DEFENSES, EXPERIMENTS
 from .store import Store, StoreIntegrityError, _checked, _result
+from .experiments.base import execute
+from .checks import Verdict
+from .engine import recheck
+from . import devices
+from .fetch import is_remote
+from .checks import CheckConfig
+from .engine import escalate
+from .escalation import EscalationConfig
 
 IDENTICAL, MISMATCH, UNAVAILABLE = "identical", "MISMATCH", "unavailable"
 
@@ -122,7 +130,6 @@ def _experiment(ctx: "_Context", run: list[tuple[str, dict[str, Any], bytes]]) -
     """One experiment run, re-run from its artifacts' metadata: an outcome per artifact."""
     from safetensors.torch import load
 
-    from .experiments.base import execute
 
     def outcome(key: str, meta: dict[str, Any], status: str, note: str) -> Outcome:
         config = meta.get("config", {})
@@ -165,8 +172,6 @@ def _experiment(ctx: "_Context", run: list[tuple[str, dict[str, Any], bytes]]) -
 def _verdicts(ctx: "_Context", key: str, config_text: str, verdicts_text: str) -> Outcome:
     """A stored set of gradient-masking verdicts, re-run from its config: every check's pass/fail
     must be as stored, and its value too, to float rounding."""
-    from .checks import Verdict
-    from .engine import recheck
 
     config = json.loads(config_text)
     label = f"{config['cell']['model']['name']} / masking checks"
@@ -306,7 +311,6 @@ class _Context:
 
     def where(self, stored: str) -> str:
         """The device a row re-runs on: the one asked for, else the type it was computed on."""
-        from . import devices
 
         try:
             return str(devices.resolve(self.device or stored))
@@ -324,7 +328,6 @@ class _Context:
     def model(self, name: str, weights: str, arch: str | None, dataset: str, source: str | None) -> zoo.LoadedModel:
         if weights in self._models:
             return self._models[weights]
-        from .fetch import is_remote
 
         tried = []
         for key in dict.fromkeys(k for k in (source, name) if k and not zoo.is_path(k)):
@@ -352,7 +355,6 @@ class _Context:
 
     def _candidates(self, name: str, source: str | None) -> list[Path]:
         out: list[Path] = []
-        from .fetch import is_remote
 
         if source and not is_remote(source):
             out.append(Path(source) if zoo.is_path(source) else zoo.checkpoint_dir(source))
@@ -395,9 +397,6 @@ def _rerun(ctx: _Context, cell: CellConfig, provenance: dict[str, Any]) -> tuple
 
 def _reescalate(ctx: _Context, config: dict[str, Any], provenance: dict[str, Any]) -> EvalResult:
     """An escalated cell: the cell it escalated, from the store, climbed again from its config."""
-    from .checks import CheckConfig
-    from .engine import escalate
-    from .escalation import EscalationConfig
 
     raw = ctx.store.get(config["cell"])
     if raw is None:

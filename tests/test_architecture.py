@@ -6,8 +6,9 @@ Layers, top to bottom: the applications (``cli``, ``profiles``, ``gate``, ``pyte
 (everything else, including each method package's ``base`` module, which is what its methods
 build on). A module may import its own layer and the layers below it. Function-level imports
 (outside ``if TYPE_CHECKING:``) are counted like any other, and each needs a ``# lazy: reason``
-comment on its line or on a comment line directly above its block: an import is deferred for
-start-up time, never to hide a cycle.
+comment on its line or on a comment line directly above its block, or, where every function of
+a module defers its imports for one reason (the CLI), one ``# lazy (every function): reason``
+comment at module level: an import is deferred for start-up time, never to hide a cycle.
 
 The checker reads source with ``ast`` and imports nothing, so it also runs on the synthetic
 packages the tests below build to show that it fails.
@@ -85,6 +86,7 @@ def imports(root: Path, package: str = PACKAGE) -> list[Import]:
     for name, path in known.items():
         source = path.read_text()
         lines = source.splitlines()
+        whole = any(line.startswith("# lazy (every function):") for line in lines)
         is_pkg = path.name == "__init__.py"
         here = name if is_pkg else name.rpartition(".")[0]
 
@@ -109,7 +111,7 @@ def imports(root: Path, package: str = PACKAGE) -> list[Import]:
                     while t and t not in known and "." in t:  # ``import a.b.c`` of a non-module attribute
                         t = t.rpartition(".")[0]
                     if t in known and t != name:
-                        out.append(Import(name, t, child.lineno, in_function, _has_reason(lines, child.lineno)))
+                        out.append(Import(name, t, child.lineno, in_function, whole or _has_reason(lines, child.lineno)))
                 visit(child, fn)
 
         visit(ast.parse(source), False)
@@ -210,6 +212,7 @@ def test_a_function_level_import_needs_a_reason(tmp_path):
         "a.py": "def f():\n    from . import b\n",
         "b.py": "def g():\n    # lazy: matplotlib takes a second to import\n    from . import c\n    from . import a\n",
         "c.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from . import a\n",
+        "d.py": "# lazy (every function): a command imports what it runs\ndef h():\n    from . import c\n",
     })
     found = imports(root)
     assert unexplained_lazy(found) == ["robustbench_lite.a:2 imports robustbench_lite.b inside a function without a '# lazy:' reason"]

@@ -22,6 +22,8 @@ from torch.overrides import TorchFunctionMode
 from ..inference import eval_mode
 from ..attacks.base import input_grad, live, without_early_stop
 from ..threat import Threat
+from ..validation import check_int
+from .. import specs
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,6 @@ class CheckConfig:
     attacks: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        from ..validation import check_int
 
         check_int("checks", "n", self.n, 10)
         check_int("checks", "steps", self.steps, 1)
@@ -151,7 +152,6 @@ class Probe:
         return self.correct & held
 
     def attack(self, spec: str, threat: Threat | None = None, model: nn.Module | None = None) -> torch.Tensor:
-        from .. import specs
 
         a = specs.attack(spec)
         a = without_early_stop(a) if self.declared_stochastic else a  # as the engine does

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Sequence
 
 from robustbench_lite.zoo import ModelCard
+from .. import atomic
 
 
 def plot_training(cards: Sequence[ModelCard], path: Path) -> Path:
@@ -17,7 +18,6 @@ def plot_training(cards: Sequence[ModelCard], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .. import atomic
 
     cards = [c for c in cards if c.curves]
     archs = list(dict.fromkeys(c.arch for c in cards)) or ["(no trained models)"]

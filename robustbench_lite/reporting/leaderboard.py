@@ -15,6 +15,8 @@ from .. import atomic
 from ..formatting import labels, pct
 from robustbench_lite.store import Store
 from robustbench_lite.zoo import ModelCard
+from .curves import plot_training
+from . import twins
 
 FORMATS = ("md", "csv", "json")
 WORST = "worst case"
@@ -284,7 +286,6 @@ def write_all(store: Store, out: Path, headline_eps: float = 0.1, cards: Sequenc
     """Write leaderboard.md, leaderboard.csv, leaderboard.json and accuracy_vs_eps.png into ``out``,
     twins.md when denoising models and their plain twins are in the store, and
     training_curves.png when model cards with curves are given."""
-    from .curves import plot_training
 
     out = Path(out)
     written = []
@@ -296,7 +297,6 @@ def write_all(store: Store, out: Path, headline_eps: float = 0.1, cards: Sequenc
         atomic.write_text(out / name, text)
         written.append(out / name)
     written.append(plot(store, out / "accuracy_vs_eps.png"))
-    from . import twins
 
     if (p := twins.write(store, out / "twins.md", headline_eps)) is not None:
         written.append(p)

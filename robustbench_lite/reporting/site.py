@@ -18,6 +18,8 @@ from robustbench_lite.store import Store
 from .leaderboard import _META, frame, plot, table, unverified
 from .. import atomic
 from ..formatting import pct
+from . import galleries
+from .curves import plot_training
 
 
 def slug(name: str) -> str:
@@ -63,8 +65,6 @@ def write_site(store: Store, out: Path, headline_eps: float = 0.1, plotted: bool
     """index.html (ranked, sortable, flagged rows marked), models/<model>.html (card, every
     cell with its CI, flags and reproducing command, the model's curves), and the figures;
     ``plotted``: accuracy_vs_eps.png and training_curves.png are already in ``out``."""
-    from . import galleries
-    from .curves import plot_training
 
     out = Path(out)
     t = table(store, headline_eps)

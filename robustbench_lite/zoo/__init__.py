@@ -15,6 +15,8 @@ from ..registry import MODELS, RECIPES
 from .archs import Normalized, build
 from . import denoise  # noqa: F401  (registers the *_denoise architectures)
 from .checkpoint import CARD, WEIGHTS, CheckpointError, ModelCard, file_sha256, load_into, read_state, save
+from ..fetch import fetch, is_remote
+from .archs import external
 
 
 class ModelNotTrainedError(FileNotFoundError):
@@ -87,7 +89,6 @@ def _fetch_weights(name: str) -> None:
     import os
     import shutil
 
-    from ..fetch import fetch
 
     d = checkpoint_dir(name)
     card = ModelCard.from_json(d / CARD)
@@ -117,7 +118,6 @@ def load(name: str) -> LoadedModel:
 
 def is_path(source: str) -> bool:
     """Whether ``source`` names a checkpoint (on disk, or a download source) rather than a zoo model."""
-    from ..fetch import is_remote
 
     return is_remote(source) or source.endswith((".safetensors", ".pt")) or Path(source).is_dir()
 
@@ -133,7 +133,6 @@ def load_checkpoint(path: str | Path, arch: str | None = None, dataset: str | No
     state dict (``.pt``/``.safetensors``) with ``arch`` and ``dataset`` given. ``path`` may be a
     download source (``https://...``, ``hf-hub:org/name``), fetched and checked against ``sha256``
     before it is read; such a model's source stays the URL, so ``rbl verify`` fetches it again."""
-    from ..fetch import fetch, is_remote
 
     if isinstance(path, str) and is_remote(path):
         if not sha256:
@@ -167,7 +166,6 @@ def load_checkpoint(path: str | Path, arch: str | None = None, dataset: str | No
 def builder(arch: str) -> Any:
     """The function that builds ``arch`` (a registered name, ``timm:<name>`` or ``tv:<name>``), or
     None for an architecture the zoo does not know (a user's own module)."""
-    from .archs import external
 
     if arch.startswith(("timm:", "tv:")):
         return external

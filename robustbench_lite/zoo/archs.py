@@ -11,6 +11,7 @@ from torch import nn
 
 from ..data import DatasetInfo
 from ..registry import MODELS
+from .checkpoint import read_state
 
 
 class Normalized(nn.Module):
@@ -232,7 +233,6 @@ def _load_fitting(net: nn.Module, path: str) -> None:
     another number of classes does not, and is left as initialised, named in the log)."""
     import logging
 
-    from .checkpoint import read_state
 
     state = read_state(Path(path))
     own = net.state_dict()
