@@ -1,7 +1,7 @@
 """A cell's identity: everything that decides its per-example bits, as one frozen record and its key.
 
 The key of a stored cell is the sha256 of :class:`CellConfig`'s canonical JSON (sorted keys, no
-whitespace, no NaN). The engine builds the record in one place (``engine._plan``) and the store,
+whitespace, no NaN). The engine builds the record in one place (``engine.plan.make_plan``) and the store,
 the executors, ``rbl verify`` and the reports all read it; a stored row whose config does not
 hash to its key is refused (``store.StoreIntegrityError``).
 
@@ -17,7 +17,7 @@ What is in it, and why each field can change a result:
 - how a defense is attacked and judged: ``mode``, ``eot``, ``votes``, and a detector's
   calibration set;
 - ``seed``; ``batch_size``, only where the result can depend on it (``None`` means the engine
-  proved it cannot: see ``engine._batch_invariant``);
+  proved it cannot: see ``engine.plan.is_batch_invariant``);
 - ``device`` and ``dtype``; the engine's own code fingerprint; and ``versions``, the versions of
   the libraries that the engine, the methods and the model's code call into.
 

@@ -25,7 +25,7 @@ from .validation import check_int
 from .registry import ATTACKS, MODELS, RECIPES
 from .threat import Threat
 from .recipes.base import STANDARD_EPS
-from .engine import _state_sha256
+from .engine import state_sha256
 
 _log = logging.getLogger(__name__)
 
@@ -501,7 +501,7 @@ class Distributed:
 
 
         digests: list[Any] = [None] * self.world
-        td.all_gather_object(digests, _state_sha256(model))
+        td.all_gather_object(digests, state_sha256(model))
         if len(set(digests)) != 1:
             raise RuntimeError(f"the {self.world} ranks ended with different weights: {digests}")
         return {"world_size": self.world, "backend": td.get_backend(), "rank_weights_sha256": digests}

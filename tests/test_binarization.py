@@ -13,7 +13,10 @@ from robustbench_lite import specs
 from robustbench_lite.attacks.base import Attack
 from robustbench_lite.checks import CheckConfig
 from robustbench_lite.checks import binarization as bz
-from robustbench_lite.engine import _binarization, _Guard, _on_surface, _Setup, evaluate
+from robustbench_lite.engine import evaluate
+from robustbench_lite.engine.checking import binarization_test, on_surface
+from robustbench_lite.engine.deploy import Setup
+from robustbench_lite.engine.guard import Guard
 from robustbench_lite.escalation import LADDER, EscalationConfig
 from robustbench_lite.threat import Threat
 from tests.test_escalation import _Saturated, _ZeroLayer
@@ -27,7 +30,7 @@ def _verdict(result, name="binarization"):
 
 
 def _setup(model: nn.Module) -> _Setup:
-    return _Setup(model, _Guard(model, None), (), None, "adaptive", 1, 1, 500)
+    return Setup(model, Guard(model, None), (), None, "adaptive", 1, 1, 500)
 
 
 def test_where_a_readout_is_kept_the_adversarial_example_exists_inside_the_ball(trained, fmnist_test):
@@ -66,9 +69,9 @@ def test_an_attack_that_finds_nothing_fails_and_one_that_works_passes(trained, f
     threat = Threat("linf", EPS)
     cfg = CheckConfig(n=50, binarization=10)
     setup = _setup(trained.model)
-    null = _binarization(setup, x, y, threat, cfg, 0, [("nothing", _on_surface, [_Null()])])
+    null = binarization_test(setup, x, y, threat, cfg, 0, [("nothing", on_surface, [_Null()])])
     assert null.valid >= 5 and null.found_any == 0, null
-    strong = _binarization(setup, x, y, threat, cfg, 0, [("apgd", _on_surface, [specs.attack("apgd_ce:steps=50"),
+    strong = binarization_test(setup, x, y, threat, cfg, 0, [("apgd", on_surface, [specs.attack("apgd_ce:steps=50"),
                                                                                  specs.attack("apgd_dlr:steps=50,targets=9")])])
     assert strong.valid == null.valid  # the same tests: their construction does not depend on the attack
     assert strong.found_any >= strong.valid - 1, strong
