@@ -102,16 +102,29 @@ def value(default: Any, doc: str, *, factory: Callable[[], Any] | None = None,
 
 
 def params(cls: type) -> list[tuple[dataclasses.Field, Param]]:
-    """The declared hyperparameters of a method class, in field order."""
+    """The declared hyperparameters of a method class, in field order (none for a class that is not
+    a dataclass, such as a generative model, whose hyperparameters are its constructor's)."""
+    if not dataclasses.is_dataclass(cls):
+        return []
     return [(f, f.metadata[_KEY]) for f in dataclasses.fields(cls) if _KEY in f.metadata]
 
 
 def _default(f: dataclasses.Field) -> Any:
+    """The field's default; :data:`REQUIRED` where it has none (``value(dataclasses.MISSING, ...)``)."""
     if f.default is not dataclasses.MISSING:
         return f.default
     if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
         return f.default_factory()  # type: ignore[misc]
-    return None
+    return REQUIRED
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "required"
+
+
+#: The default of a field that must be given.
+REQUIRED = _Required()
 
 
 def describe(cls: type) -> list[dict[str, Any]]:
@@ -119,8 +132,8 @@ def describe(cls: type) -> list[dict[str, Any]]:
     out = []
     for f, p in params(cls):
         d = _default(f)
-        out.append({"name": f.name, "kind": p.kind, "default": list(d) if isinstance(d, tuple) else d,
-                    "allowed": p.allowed, "doc": p.doc})
+        out.append({"name": f.name, "kind": p.kind, "allowed": p.allowed, "doc": p.doc}
+                   | ({"required": True} if d is REQUIRED else {"default": list(d) if isinstance(d, tuple) else d}))
     return out
 
 
@@ -139,7 +152,7 @@ def document(cls: type) -> type:
     lines = ["Args:"]
     for f, p in fields:
         d = _default(f)
-        rule = ", ".join(x for x in (p.allowed, f"default {d!r}") if x)
+        rule = ", ".join(x for x in (p.allowed, "required" if d is REQUIRED else f"default {d!r}") if x)
         lines.append(f"    {f.name}: {p.doc} ({rule}).")
     indent = "    "
     block = "\n".join(indent + line for line in lines) + "\n\n"

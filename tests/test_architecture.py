@@ -176,8 +176,6 @@ def test_the_tree_keeps_the_contract():
     assert cycles(found) == []
 
 
-@pytest.mark.xfail(strict=True, reason="issue 21, open: about 117 function-level imports are still to be hoisted "
-                   "or given a '# lazy:' reason; strict, so this fails the suite once they are all done")
 def test_every_function_level_import_has_a_reason():
     assert unexplained_lazy(imports(ROOT)) == []
 

@@ -29,7 +29,7 @@ def _verdict(result, name="binarization"):
     return next(v for v in result.checks if v.name == name)
 
 
-def _setup(model: nn.Module) -> _Setup:
+def _setup(model: nn.Module) -> Setup:
     return Setup(model, Guard(model, None), (), None, "adaptive", 1, 1, 500)
 
 

@@ -16,6 +16,10 @@ import torch
 from torch import nn
 
 from robustbench_lite.threat import Threat
+from robustbench_lite import data
+from robustbench_lite import devices
+from robustbench_lite.paths import default_store
+from robustbench_lite.store import Store
 
 
 class _Residual(nn.Module):
@@ -97,7 +101,6 @@ def fingerprint(model: nn.Module) -> str:
 def training_images(dataset: str, n: int, shape: tuple[int, ...], owner: str,
                     device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` training images and labels of ``dataset`` on ``device``, checked against the input shape."""
-    from robustbench_lite import data
 
     split = data.load(dataset, "train")
     split = split.first(min(n, len(split)))
@@ -116,9 +119,6 @@ def trained(kind: str, config: dict[str, Any], model: nn.Module, threat: Threat,
     """The stored tensors of the generator for (kind, config, target, threat), training and
     storing them with ``train()`` the first time. One trained on a GPU is another generator than
     one trained on the CPU (its device is part of the lookup; the CPU's is implicit)."""
-    from robustbench_lite import devices
-    from robustbench_lite.paths import default_store
-    from robustbench_lite.store import Store
 
     device = devices.of(model).type
     meta = {"target": fingerprint(model), "config": config, "norm": threat.norm, "eps": threat.eps,

@@ -11,7 +11,7 @@ from torch import nn
 
 from robustbench_lite import devices
 from robustbench_lite.attacks.base import Attack, scores
-from robustbench_lite.validation import check_int, check_positive
+from robustbench_lite.params import integer, positive, value
 from robustbench_lite.registry import ATTACKS
 from robustbench_lite.threat import Threat
 
@@ -23,6 +23,11 @@ def _margin(logits: torch.Tensor, y: torch.Tensor, kappa: float) -> torch.Tensor
     true = logits.gather(1, y[:, None]).squeeze(1)
     other = logits.scatter(1, y[:, None], float("-inf")).amax(1)
     return (true - other).clamp_min(-kappa)
+
+
+def _non_negative(method: str, name: str, v: object) -> None:
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0:
+        raise ValueError(f"{method}: {name} must be a number >= 0, got {v!r}")
 
 
 class _Discriminator(nn.Sequential):
@@ -48,17 +53,6 @@ class AdvGAN(Attack):
     eps and configuration on the first ``train_n`` training images, and stored in the results
     store; later calls reuse it.
 
-    Args:
-        train_n: training images (default 20000).
-        epochs: passes over them (default 15).
-        lr: Adam's learning rate for G and D (default 1e-3).
-        kappa: margin confidence (default 0).
-        hinge: c as a fraction of the budget's L2 size eps * sqrt(D) under L-inf, or of eps
-            under L2 (default 0.8).
-        width: channels of G's first layer (default 8, the paper's).
-        dataset: the training images' dataset (default fmnist).
-        seed: seeds G's training, so the stored generator is reproducible (default 0).
-
     Returns:
         x_adv with the shape, dtype and device of x.
 
@@ -68,28 +62,17 @@ class AdvGAN(Attack):
 
     batch_invariant = True
 
-    train_n: int = 20000
-    epochs: int = 15
-    lr: float = 1e-3
-    kappa: float = 0.0
-    hinge: float = 0.8
-    width: int = 8
-    dataset: str = "fmnist"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        check_int("advgan", "train_n", self.train_n, 1)
-        check_int("advgan", "epochs", self.epochs, 1)
-        check_int("advgan", "width", self.width, 1)
-        check_positive("advgan", "lr", self.lr)
-        check_positive("advgan", "hinge", self.hinge)
-        if not isinstance(self.kappa, (int, float)) or isinstance(self.kappa, bool) or not self.kappa >= 0:
-            raise ValueError(f"advgan: kappa must be a number >= 0, got {self.kappa!r}")
+    train_n: int = integer(20000, "training images", lo=1)
+    epochs: int = integer(15, "passes over them", lo=1)
+    lr: float = positive(1e-3, "Adam's learning rate for G and D")
+    kappa: float = value(0.0, "margin confidence", check=_non_negative, allowed="number >= 0")
+    hinge: float = positive(0.8, "c as a fraction of the budget's L2 size eps * sqrt(D) under L-inf, or of eps under L2")
+    width: int = integer(8, "channels of G's first layer (the paper's default)", lo=1)
+    dataset: str = value("fmnist", "the training images' dataset")
+    seed: int = value(0, "seeds G's training, so the stored generator is reproducible")
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat,
             generator: torch.Generator | None) -> torch.Tensor:
-        if threat.eps == 0:
-            return x.clone()
         tensors = _generator.trained("advgan", self.config(), model, threat, lambda: self._train(model, x.shape[1:], threat))
         g = _generator.load_net(x.shape[1], self.width, tensors, x.device)
         with torch.no_grad():

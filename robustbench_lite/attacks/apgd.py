@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustbench_lite.attacks.base import Attack, _direction, input_grad, ranked_target, scores, target_ranks
-from robustbench_lite.validation import check_int, check_interval
+from robustbench_lite.params import integer, real
 from robustbench_lite.registry import ATTACKS
 from robustbench_lite.rng import PointStreams
 from robustbench_lite.threat import Threat
@@ -40,14 +40,7 @@ class _APGD(Attack):
     (at 22% of the budget, then ever closer, by at least 6%) where the loss rose in fewer than
     rho = 75% of the steps since the last one, or neither the step nor the best loss changed;
     a halving restarts from the best point. Returns the first misclassified iterate of a point,
-    else its highest-loss one.
-
-    Args:
-        steps: iterations per run (default 100, the AutoAttack standard version).
-        restarts: runs from fresh random starts, each on the points still robust (default 1).
-        targets: 0 (default) is untargeted; k > 0 runs APGD-T once for each of the k classes
-            ranked most likely after the true one (AutoAttack uses 9).
-        rho: the checkpoint's fraction of rising steps (default 0.75).
+    else its highest-loss one. The default of 100 steps is the AutoAttack standard version's.
 
     Example:
         >>> x_adv = ATTACKS.create("apgd_dlr", targets=9)(model, x, y, Threat("linf", 0.1))
@@ -57,23 +50,15 @@ class _APGD(Attack):
 
     _loss: ClassVar = staticmethod(_ce)
 
-    steps: int = 100
-    restarts: int = 1
-    targets: int = 0
-    rho: float = 0.75
-
-    def __post_init__(self) -> None:
-        name = ATTACKS.name_of(type(self))
-        check_int(name, "steps", self.steps, 1)
-        check_int(name, "restarts", self.restarts, 1)
-        check_int(name, "targets", self.targets, 0, 9)
-        check_interval(name, "rho", self.rho, 0, 1, "(]")
+    steps: int = integer(100, "iterations per run", lo=1)
+    restarts: int = integer(1, "runs from fresh random starts, each on the points still robust", lo=1)
+    targets: int = integer(0, "0 is untargeted; k > 0 runs APGD-T once for each of the k classes ranked most "
+                              "likely after the true one (AutoAttack uses 9)", lo=0, hi=9)
+    rho: float = real(0.75, "the checkpoint's fraction of rising steps", lo=0, hi=1, interval="(]")
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat,
             generator: PointStreams) -> torch.Tensor:
         out = x.clone()
-        if threat.eps == 0:
-            return out
         with torch.no_grad():
             ranked = scores(model, x, y).argsort(dim=1, descending=True)
         robust = torch.ones(len(x), dtype=torch.bool, device=x.device)

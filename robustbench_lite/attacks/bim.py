@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from robustbench_lite.attacks.base import Attack, gradient_steps, warn_unreachable
-from robustbench_lite.validation import check_positive, check_steps
+from robustbench_lite.params import flag, integer, positive
 from robustbench_lite.registry import ATTACKS
 from robustbench_lite.threat import Threat
 
@@ -37,11 +37,6 @@ def kurakin_schedule(threat: Threat, steps: int | None, step_size: float | None)
 class BIM(Attack):
     """Basic iterative method: X_{n+1} = Clip_{x,eps}(X_n + alpha * sign(grad CE(X_n, y))), from X_0 = x.
 
-    Args:
-        steps: iterations; default None means Kurakin's min(eps*255 + 4, 1.25*eps*255).
-        step_size: alpha; default None means max(1/255, eps/10).
-        early_stop: stop moving a point once it is misclassified (default True).
-
     Returns:
         x_adv with the shape, dtype and device of x.
 
@@ -51,23 +46,16 @@ class BIM(Attack):
 
     batch_invariant = True
 
-    steps: int | None = None
-    step_size: float | None = None
-    early_stop: bool = True
+    steps: int | None = integer(None, "iterations; None means Kurakin's min(eps*255 + 4, 1.25*eps*255)",
+                                lo=1, optional=True)
+    step_size: float | None = positive(None, "alpha; None means max(1/255, eps/10)")
+    early_stop: bool = flag(True, "stop moving a point once it is misclassified")
 
-    _label: ClassVar[str] = "bim"
     _target: ClassVar[str] = "none"  # ILLC reuses this class with the least-likely target
-
-    def __post_init__(self) -> None:
-        if self.steps is not None:
-            check_steps(self._label, self.steps)
-        check_positive(self._label, "step_size", self.step_size)
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat,
             generator: torch.Generator | None) -> torch.Tensor:
-        if threat.eps == 0:
-            return x.clone()
         steps, alpha = kurakin_schedule(threat, self.steps, self.step_size)
-        warn_unreachable(self._label, steps, alpha, threat.eps)
+        warn_unreachable(self.registered_as, steps, alpha, threat.eps)
         return gradient_steps(model, x, y, threat, steps=steps, step_size=alpha, random_start=False,
                               target=self._target, early_stop=self.early_stop, generator=generator)

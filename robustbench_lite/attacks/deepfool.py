@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from robustbench_lite.attacks.base import Attack, input_grad, scores
-from robustbench_lite.validation import check_int, check_interval
+from robustbench_lite.params import integer, real
 from robustbench_lite.registry import ATTACKS
 from robustbench_lite.threat import Threat
 
@@ -70,11 +70,6 @@ class DeepFool(Attack):
     minimal-perturbation experiment (``rbl min-norm``), where the threat is unbounded and the
     reported figure is the distance, never a success rate.
 
-    Args:
-        steps: linearisation steps (default 50).
-        overshoot: the final push past the boundary, (1 + overshoot) r (default 0.02).
-        candidates: classes linearised per step, the label included (default 10).
-
     Returns:
         x_adv with the shape, dtype and device of x.
 
@@ -84,19 +79,12 @@ class DeepFool(Attack):
 
     batch_invariant = True
 
-    steps: int = 50
-    overshoot: float = 0.02
-    candidates: int = 10
-
-    def __post_init__(self) -> None:
-        check_int("deepfool", "steps", self.steps, 1)
-        check_int("deepfool", "candidates", self.candidates, 2)
-        check_interval("deepfool", "overshoot", self.overshoot, 0, 1, "[]")
+    steps: int = integer(50, "linearisation steps", lo=1)
+    overshoot: float = real(0.02, "the final push past the boundary, (1 + overshoot) r", lo=0, hi=1, interval="[]")
+    candidates: int = integer(10, "classes linearised per step, the label included", lo=2)
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat,
             generator: torch.Generator | None) -> torch.Tensor:
-        if threat.eps == 0:
-            return x.clone()
         x_adv, _ = deepfool(model, x, y, threat.norm, steps=self.steps, overshoot=self.overshoot,
                             candidates=self.candidates)
         return threat.project(x_adv, x)

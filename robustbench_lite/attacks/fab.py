@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from robustbench_lite.attacks.base import Attack, input_grad, ranked_target, scores, target_ranks
-from robustbench_lite.validation import check_int, check_interval
+from robustbench_lite.params import integer, real
 from robustbench_lite.registry import ATTACKS
 from robustbench_lite.rng import PointStreams
 from robustbench_lite.threat import Threat
@@ -56,14 +56,7 @@ class FAB(Attack):
     by ``eta`` and weighted towards the original point by at most ``alpha_max``; an iterate that is
     adversarial is kept if it is the closest so far and pulled back towards the original point by
     ``beta``. Restarts after the first start from a random point of the eps-ball scaled by how
-    close the best example is.
-
-    Args:
-        steps: iterations per run (default 100, AutoAttack's).
-        restarts: runs per target (default 1, AutoAttack's standard version).
-        targets: 0 is untargeted (the closest boundary each step); k > 0 runs FAB-T once for each
-            of the k classes ranked most likely after the true one (default 9, AutoAttack's).
-        alpha_max, eta, beta: the paper's step parameters (defaults 0.1, 1.05, 0.9).
+    close the best example is. The defaults are AutoAttack's (standard version).
 
     Example:
         >>> x_adv = ATTACKS.create("fab", targets=9)(model, x, y, Threat("linf", 0.1))
@@ -71,28 +64,21 @@ class FAB(Attack):
 
     batch_invariant = True
 
-    steps: int = 100
-    restarts: int = 1
-    targets: int = 9
-    alpha_max: float = 0.1
-    eta: float = 1.05
-    beta: float = 0.9
-
-    def __post_init__(self) -> None:
-        check_int("fab", "steps", self.steps, 1)
-        check_int("fab", "restarts", self.restarts, 1)
-        check_int("fab", "targets", self.targets, 0, 9)
-        check_interval("fab", "alpha_max", self.alpha_max, 0, 1, "[]")
-        check_interval("fab", "eta", self.eta, 1, 10, "[]")
-        check_interval("fab", "beta", self.beta, 0, 1, "[]")
+    steps: int = integer(100, "iterations per run", lo=1)
+    restarts: int = integer(1, "runs per target", lo=1)
+    targets: int = integer(9, "0 is untargeted (the closest boundary each step); k > 0 runs FAB-T once for each "
+                              "of the k classes ranked most likely after the true one", lo=0, hi=9)
+    alpha_max: float = real(0.1, "the paper's bound on the weight towards the original point", lo=0, hi=1,
+                            interval="[]")
+    eta: float = real(1.05, "the paper's extrapolation of the projections", lo=1, hi=10, interval="[]")
+    beta: float = real(0.9, "the paper's backward step of an adversarial iterate towards the original point",
+                       lo=0, hi=1, interval="[]")
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat,
             generator: PointStreams) -> torch.Tensor:
         if threat.norm != "linf":
             raise ValueError(f"fab: only the linf threat is implemented, got {threat.norm!r}")
         out = x.clone()
-        if threat.eps == 0:
-            return out
         with torch.no_grad():
             logits = scores(model, x, y)
         ranked = logits.argsort(dim=1, descending=True)

@@ -17,10 +17,8 @@ class FGSM(Attack):
     """Fast gradient sign method: x' = clip(x + eps * sign(grad_x CE(x, y))).
 
     One step of exactly eps, no random start. Under an L2 threat the step follows the
-    L2-normalised gradient (the "fast gradient method").
-
-    Args:
-        none: the step is the whole budget by definition.
+    L2-normalised gradient (the "fast gradient method"). It has no hyperparameters: the step
+    is the whole budget by definition.
 
     Returns:
         x_adv with the shape, dtype and device of x.
@@ -33,7 +31,5 @@ class FGSM(Attack):
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat,
             generator: torch.Generator | None) -> torch.Tensor:
-        if threat.eps == 0:
-            return x.clone()
         return gradient_steps(model, x, y, threat, steps=1, step_size=threat.eps, random_start=False,
                               early_stop=False, generator=generator)

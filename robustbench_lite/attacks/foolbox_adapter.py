@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from robustbench_lite.attacks.base import Attack
+from robustbench_lite.params import value
 from robustbench_lite.registry import ATTACKS
 from robustbench_lite.threat import Threat
 
@@ -46,11 +47,8 @@ class FoolboxAttack(Attack):
 
     Foolbox's attack gets the model wrapped as ``fb.PyTorchModel`` with the threat's bounds
     and ``epsilons=eps``, so minimum-norm attacks (DeepFool, C&W) come back clipped to the
-    budget; the engine still checks and projects the result like any other attack.
-
-    Args:
-        attack: a class name in ``foolbox.attacks`` (e.g. ``LinfPGD``, ``L2DeepFoolAttack``).
-        options: constructor keyword arguments, as (key, value) pairs.
+    budget; the engine still checks and projects the result like any other attack. ``attack``
+    is required.
 
     Returns:
         x_adv with the shape, dtype and device of x.
@@ -59,10 +57,11 @@ class FoolboxAttack(Attack):
         >>> x_adv = FoolboxAttack(attack="LinfPGD", options=(("steps", 20),))(model, x, y, Threat("linf", 0.1))
     """
 
-    attack: str
-    options: tuple[tuple[str, Any], ...] = ()
+    attack: str = value(MISSING, "a class name in foolbox.attacks (e.g. LinfPGD, L2DeepFoolAttack); required",
+                        allowed="a foolbox attack class name")
+    options: tuple[tuple[str, Any], ...] = value((), "constructor keyword arguments, as (key, value) pairs")
 
-    def __post_init__(self) -> None:
+    def validate(self, method: str) -> None:
         known = _foolbox_attacks()
         if self.attack not in known:
             close = difflib.get_close_matches(self.attack, list(known), n=3)
@@ -71,7 +70,7 @@ class FoolboxAttack(Attack):
         try:
             self._build()
         except TypeError as exc:
-            raise ValueError(f"fb:{self.attack}: bad options {dict(self.options)}: {exc}") from exc
+            raise ValueError(f"{method}:{self.attack}: bad options {dict(self.options)}: {exc}") from exc
 
     def _build(self) -> Any:
         return _foolbox_attacks()[self.attack](**dict(self.options))

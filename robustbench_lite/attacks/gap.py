@@ -12,7 +12,7 @@ from torch import nn
 
 from robustbench_lite import devices
 from robustbench_lite.attacks.base import Attack, scores
-from robustbench_lite.validation import check_choice, check_int, check_positive
+from robustbench_lite.params import choice, integer, positive, value
 from robustbench_lite.registry import ATTACKS
 from robustbench_lite.threat import Threat
 
@@ -29,15 +29,6 @@ class GAP(Attack):
     training images, once per target model, eps and configuration; it is stored in the
     results store and reused.
 
-    Args:
-        mode: ``universal`` (default) or ``image``.
-        train_n: training images (default 20000).
-        epochs: passes over them (default 10).
-        lr: Adam's learning rate (default 1e-3).
-        width: channels of G's first layer (default 8).
-        dataset: the training images' dataset (default fmnist).
-        seed: seeds z and G's training (default 0).
-
     Returns:
         x_adv with the shape, dtype and device of x.
 
@@ -47,28 +38,19 @@ class GAP(Attack):
 
     batch_invariant = True
 
-    mode: str = "universal"
-    train_n: int = 20000
-    epochs: int = 10
-    lr: float = 1e-3
-    width: int = 8
-    dataset: str = "fmnist"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        check_choice("gap", "mode", self.mode, ("universal", "image"))
-        check_int("gap", "train_n", self.train_n, 1)
-        check_int("gap", "epochs", self.epochs, 1)
-        check_int("gap", "width", self.width, 1)
-        check_positive("gap", "lr", self.lr)
+    mode: str = choice("universal", "one perturbation for every input, or one per image", ("universal", "image"))
+    train_n: int = integer(20000, "training images", lo=1)
+    epochs: int = integer(10, "passes over them", lo=1)
+    lr: float = positive(1e-3, "Adam's learning rate")
+    width: int = integer(8, "channels of G's first layer", lo=1)
+    dataset: str = value("fmnist", "the training images' dataset")
+    seed: int = value(0, "seeds z and G's training")
 
     def _input(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return z.expand(len(x), *z.shape[1:]) if self.mode == "universal" else x
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat,
             generator: torch.Generator | None) -> torch.Tensor:
-        if threat.eps == 0:
-            return x.clone()
         shape = tuple(x.shape[1:])
         tensors = _generator.trained("gap", self.config(), model, threat, lambda: self._train(model, shape, threat))
         g = _generator.load_net(shape[0], self.width, tensors, x.device)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from robustbench_lite.attacks.base import TARGETS, Attack, gradient_steps
-from robustbench_lite.validation import check_choice, check_positive, check_steps
+from robustbench_lite.params import choice, flag, integer, positive
 from robustbench_lite.registry import ATTACKS
 from robustbench_lite.threat import Threat
 
@@ -21,12 +21,6 @@ class GradientAscent(Attack):
     moves the largest-gradient pixel by ``step_size`` and the others proportionally, so
     it spends the budget on the pixels that matter; under L2 it equals PGD's step.
 
-    Args:
-        steps: iterations (default 40, >= 1).
-        step_size: absolute step; default None means 2.5 * eps / steps.
-        target: ``none`` (default), ``least_likely``, ``next`` or ``random``.
-        early_stop: stop moving a point once it is misclassified (default True).
-
     Returns:
         x_adv with the shape, dtype and device of x.
 
@@ -36,20 +30,13 @@ class GradientAscent(Attack):
 
     batch_invariant = True
 
-    steps: int = 40
-    step_size: float | None = None
-    target: str = "none"
-    early_stop: bool = True
-
-    def __post_init__(self) -> None:
-        check_steps("gradient_ascent", self.steps)
-        check_positive("gradient_ascent", "step_size", self.step_size)
-        check_choice("gradient_ascent", "target", self.target, TARGETS)
+    steps: int = integer(40, "iterations", lo=1)
+    step_size: float | None = positive(None, "absolute step; None means 2.5 * eps / steps")
+    target: str = choice("none", "the target class of a targeted run", TARGETS)
+    early_stop: bool = flag(True, "stop moving a point once it is misclassified")
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat,
             generator: torch.Generator | None) -> torch.Tensor:
-        if threat.eps == 0:
-            return x.clone()
         alpha = self.step_size if self.step_size is not None else 2.5 * threat.eps / self.steps
         return gradient_steps(model, x, y, threat, steps=self.steps, step_size=alpha, random_start=False,
                               target=self.target, direction="gradient", early_stop=self.early_stop,

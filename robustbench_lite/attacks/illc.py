@@ -15,12 +15,8 @@ class ILLC(BIM):
     """Iterative least-likely class: step *down* CE(X_n, y_LL) with y_LL = argmin p(y|x), clipping as in BIM.
 
     Targeting the least likely class gives the most dramatic mistakes (a sneaker read as
-    a shirt); robust accuracy still counts any misclassification as success.
-
-    Args:
-        steps: iterations; default None means Kurakin's min(eps*255 + 4, 1.25*eps*255).
-        step_size: alpha; default None means max(1/255, eps/10).
-        early_stop: stop moving a point once it is misclassified (default True).
+    a shirt); robust accuracy still counts any misclassification as success. The hyperparameters
+    are BIM's, declared and checked once by that class; errors name ``illc``.
 
     Returns:
         x_adv with the shape, dtype and device of x.
@@ -31,5 +27,4 @@ class ILLC(BIM):
 
     batch_invariant = True
 
-    _label: ClassVar[str] = "illc"
     _target: ClassVar[str] = "least_likely"

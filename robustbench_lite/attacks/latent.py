@@ -12,7 +12,7 @@ from torch import nn
 
 from robustbench_lite.generative import base as generative
 from robustbench_lite.attacks.base import Attack, scores
-from robustbench_lite.validation import check_choice, check_int, check_positive
+from robustbench_lite.params import choice, integer, positive, value
 from robustbench_lite.registry import ATTACKS
 from robustbench_lite.rng import PointStreams
 from robustbench_lite.threat import Threat
@@ -84,15 +84,8 @@ class Latent(Attack):
     generator's range, where the projection follows it, and in adaptive mode the search sees
     the real projection in its forward pass (BPDA, EOT).
 
-    Args:
-        source: a trained generative model that can decode (default ``vae-fmnist``; ``gan-fmnist``
-            is inverted by projection; ``rbl train-generative --model vae|gan``).
-        steps: Adam steps on r (default 100).
-        lr: Adam's step size (default 0.05).
-        radius: bound on ||r||_2 in latent space (default 3, about 3 prior standard deviations).
-        anchor: ``x`` (default) or ``reconstruction``, as above.
-        invert_steps, invert_restarts: the projection's L and R for a model without an encoder
-            (default 200 and 10, Defense-GAN's).
+    The generative models are trained with ``rbl train-generative --model vae|gan``; the
+    defaults of ``invert_steps`` and ``invert_restarts`` are Defense-GAN's.
 
     Returns:
         x_adv with the shape, dtype and device of x.
@@ -104,22 +97,17 @@ class Latent(Attack):
 
     batch_invariant = True
 
-    source: str = "vae-fmnist"
-    steps: int = 100
-    lr: float = 0.05
-    radius: float = 3.0
-    anchor: str = "x"
-    invert_steps: int = 200
-    invert_restarts: int = 10
+    source: str = value("vae-fmnist", "a trained generative model that can decode (gan-fmnist is inverted by "
+                                      "projection)", allowed="a generative model that can decode")
+    steps: int = integer(100, "Adam steps on r", lo=1)
+    lr: float = positive(0.05, "Adam's step size")
+    radius: float = positive(3.0, "bound on ||r||_2 in latent space (3 is about 3 prior standard deviations)")
+    anchor: str = choice("x", "what the latent step's change is measured from, as above", ANCHORS)
+    invert_steps: int = integer(200, "the projection's L, for a model without an encoder", lo=1)
+    invert_restarts: int = integer(10, "the projection's R, for a model without an encoder", lo=1)
 
-    def __post_init__(self) -> None:
-        check_int("latent", "steps", self.steps, 1)
-        check_positive("latent", "lr", self.lr)
-        check_positive("latent", "radius", self.radius)
-        check_choice("latent", "anchor", self.anchor, ANCHORS)
-        check_int("latent", "invert_steps", self.invert_steps, 1)
-        check_int("latent", "invert_restarts", self.invert_restarts, 1)
-        generative.require("latent", self.source, "decode")
+    def validate(self, method: str) -> None:
+        generative.require(method, self.source, "decode")
 
     def config(self) -> dict:
         loaded = generative.cached(self.source)
@@ -127,8 +115,6 @@ class Latent(Attack):
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat,
             generator: PointStreams) -> torch.Tensor:
-        if threat.eps == 0:
-            return x.clone()
         net = generative.cached(self.source, x.device).model
         net.check_input(x)
         out = []

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustbench_lite.attacks.base import Attack, input_grad, scores
-from robustbench_lite.validation import check_int, check_positive
+from robustbench_lite.params import integer, positive
 from robustbench_lite.registry import ATTACKS
 from robustbench_lite.threat import Threat
 
@@ -71,11 +71,6 @@ class LBFGS(Attack):
     Its use is the minimal-perturbation experiment (``rbl min-norm``), which reports the
     median distance over an unbounded threat; under a finite eps it is a weak bounded attack.
 
-    Args:
-        search_steps: line-search steps on c per point (default 8).
-        max_iter: L-BFGS-B iterations per c (default 100).
-        c_init: the first c (default 1.0); it grows tenfold until a point fails, then bisects.
-
     Returns:
         x_adv with the shape, dtype and device of x.
 
@@ -83,18 +78,11 @@ class LBFGS(Attack):
         >>> x_adv = LBFGS()(model, x, y, Threat("l2", float("inf")))
     """
 
-    search_steps: int = 8
-    max_iter: int = 100
-    c_init: float = 1.0
-
-    def __post_init__(self) -> None:
-        check_int("lbfgs", "search_steps", self.search_steps, 1)
-        check_int("lbfgs", "max_iter", self.max_iter, 1)
-        check_positive("lbfgs", "c_init", self.c_init)
+    search_steps: int = integer(8, "line-search steps on c per point", lo=1)
+    max_iter: int = integer(100, "L-BFGS-B iterations per c", lo=1)
+    c_init: float = positive(1.0, "the first c; it grows tenfold until a point fails, then bisects")
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat,
             generator: torch.Generator | None) -> torch.Tensor:
-        if threat.eps == 0:
-            return x.clone()
         x_adv, _ = lbfgs(model, x, y, search_steps=self.search_steps, max_iter=self.max_iter, c_init=self.c_init)
         return threat.project(x_adv, x) if math.isfinite(threat.eps) else x_adv

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from robustbench_lite.attacks.base import Attack, scores
-from robustbench_lite.validation import check_int, check_interval
+from robustbench_lite.params import flag, integer, real
 from robustbench_lite.registry import ATTACKS
 from robustbench_lite.rng import PointStreams
 from robustbench_lite.threat import Threat
@@ -40,14 +40,8 @@ class Square(Attack):
     Starts from vertical stripes of +-eps; each query proposes, per point, a square window
     re-filled with +-eps per channel, and keeps it if the margin loss z_y - max_{j!=y} z_j drops.
     The window covers a fraction p of the image that shrinks on the paper's schedule. A point
-    stops querying once it is misclassified.
-
-    Args:
-        queries: model queries per point, the initial one included (default 5000, as in AutoAttack).
-        p_init: the initial fraction of pixels a window covers (default 0.8, AutoAttack's L-inf value).
-        restarts: runs from fresh stripes on the points still robust (default 1).
-        rescale: the window schedule, defined on 10000 queries, is rescaled to ``queries`` (default
-            True); False reads it at the raw query count, as AutoAttack's standard version does.
+    stops querying once it is misclassified. The defaults of ``queries`` and ``p_init`` are
+    AutoAttack's (L-inf).
 
     Returns:
         x_adv with the shape, dtype and device of x (L-inf only).
@@ -58,23 +52,17 @@ class Square(Attack):
 
     batch_invariant = True
 
-    queries: int = 5000
-    p_init: float = 0.8
-    restarts: int = 1
-    rescale: bool = True
-
-    def __post_init__(self) -> None:
-        check_int("square", "queries", self.queries, 1)
-        check_int("square", "restarts", self.restarts, 1)
-        check_interval("square", "p_init", self.p_init, 0, 1, "(]")
+    queries: int = integer(5000, "model queries per point, the initial one included", lo=1)
+    p_init: float = real(0.8, "the initial fraction of pixels a window covers", lo=0, hi=1, interval="(]")
+    restarts: int = integer(1, "runs from fresh stripes on the points still robust", lo=1)
+    rescale: bool = flag(True, "the window schedule, defined on 10000 queries, is rescaled to queries; False "
+                               "reads it at the raw query count, as AutoAttack's standard version does")
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat,
             generator: PointStreams) -> torch.Tensor:
         if threat.norm != "linf":
             raise ValueError(f"square: only the linf threat is implemented, got {threat.norm!r}")
         out = x.clone()
-        if threat.eps == 0:
-            return out
         todo = torch.arange(len(x), device=x.device)
         for r in range(self.restarts):
             x_adv, fooled = self._run_once(model, x[todo], y[todo], threat, generator.child(r)[todo])
@@ -98,7 +86,6 @@ class Square(Attack):
             alive = (margin > 0).nonzero().squeeze(1)
             if alive.numel() == 0:
                 break
-            m = alive.numel()
             s = min(max(round(math.sqrt(_square_fraction(self.p_init, q, self.queries, self.rescale) * h * w)), 1), h - 1, w - 1)
             draw = streams[alive]
             top = draw.randint(0, h - s + 1, (1, 1))

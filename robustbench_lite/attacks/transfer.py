@@ -4,7 +4,7 @@ Tramer et al. 2018 (arXiv:1705.07204) that ensemble adversarial training defends
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -13,15 +13,18 @@ from torch import nn
 
 from robustbench_lite import specs
 from robustbench_lite.attacks.base import Attack
+from robustbench_lite.params import value
 from robustbench_lite.registry import ATTACKS
 from robustbench_lite.threat import Threat
+from robustbench_lite import zoo
+from robustbench_lite import fingerprint
+from robustbench_lite.cell import model_id
 
 if TYPE_CHECKING:
     from robustbench_lite.zoo import LoadedModel
 
 
 def _surrogate(source: str) -> "LoadedModel":
-    from robustbench_lite import zoo
 
     weights = Path(source) if zoo.is_path(source) else zoo.checkpoint_dir(source)
     # Keyed on the file's mtime too, so a retrained surrogate is never served stale.
@@ -30,9 +33,18 @@ def _surrogate(source: str) -> "LoadedModel":
 
 @functools.lru_cache(maxsize=8)
 def _load(source: str, stamp: int) -> "LoadedModel":
-    from robustbench_lite import zoo
 
     return zoo.load_any(source)
+
+
+def _model_name(method: str, name: str, v: object) -> None:
+    if not isinstance(v, str) or not v:
+        raise ValueError(f"{method}: {name} must be a zoo model name or checkpoint path, got {v!r}")
+
+
+def _not_transfer(method: str, name: str, v: str) -> None:
+    if isinstance(specs.attack(v), Transfer):
+        raise ValueError(f"{method}: the surrogate's attack cannot itself be a transfer attack, got {v!r}")
 
 
 @ATTACKS.register("transfer", example={"surrogate": "smallcnn-fmnist-standard", "attack": "pgd:steps=10"})
@@ -43,10 +55,8 @@ class Transfer(Attack):
     The target is never queried, so its gradients (masked or not) play no part: a transfer
     attack that beats a white-box one on the same model points at gradient masking.
 
-    Args:
-        surrogate: a trained zoo model name (``resnet10t-fmnist-standard``) or a checkpoint
-            path (a ``.safetensors`` with its card, or a zoo folder). Required.
-        attack: the spec of the attack run on the surrogate (default ``pgd:steps=50``).
+    ``surrogate`` is required: a trained zoo model name (``resnet10t-fmnist-standard``) or a
+    checkpoint path (a ``.safetensors`` with its card, or a zoo folder).
 
     Returns:
         x_adv with the shape, dtype and device of x.
@@ -55,15 +65,10 @@ class Transfer(Attack):
         >>> x_adv = Transfer(surrogate="resnet10t-fmnist-standard")(model, x, y, Threat("linf", 0.1))
     """
 
-    surrogate: str
-    attack: str = "pgd:steps=50"
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.surrogate, str) or not self.surrogate:
-            raise ValueError(f"transfer: surrogate must be a zoo model name or checkpoint path, got {self.surrogate!r}")
-        inner = specs.attack(self.attack)
-        if isinstance(inner, Transfer):
-            raise ValueError(f"transfer: the surrogate's attack cannot itself be a transfer attack, got {self.attack!r}")
+    surrogate: str = value(MISSING, "the model the examples are crafted on; required", check=_model_name,
+                           allowed="a zoo model name or checkpoint path")
+    attack: str = value("pgd:steps=50", "the spec of the attack run on the surrogate", check=_not_transfer,
+                        allowed="an attack spec, not itself a transfer attack")
 
     @property
     def batch_invariant(self) -> bool:  # type: ignore[override]
@@ -76,8 +81,6 @@ class Transfer(Attack):
     def config(self) -> dict[str, Any]:
         # The surrogate (its weights and architecture) and the inner attack's code decide the
         # result, so they are part of the store key.
-        from robustbench_lite import fingerprint
-        from robustbench_lite.cell import model_id
 
         surrogate = _surrogate(self.surrogate)
         inner = specs.attack(self.attack)

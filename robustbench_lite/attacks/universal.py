@@ -4,7 +4,7 @@ arXiv:1610.08401): :func:`craft` makes one, and the ``universal`` attack applies
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +14,7 @@ from robustbench_lite import devices
 from robustbench_lite.attacks.base import Attack, _direction
 from robustbench_lite.attacks.deepfool import deepfool
 from robustbench_lite.inference import eval_mode, predictions
+from robustbench_lite.params import value
 from robustbench_lite.paths import default_store
 from robustbench_lite.registry import ATTACKS
 from robustbench_lite.store import Store
@@ -87,6 +88,11 @@ def _perturbation(artifact: str, store: str | None) -> tuple[str, torch.Tensor]:
     return hits[0]
 
 
+def _artifact_key(method: str, name: str, v: object) -> None:
+    if not isinstance(v, str) or len(v) < 4 or not all(c in "0123456789abcdef" for c in v):
+        raise ValueError(f"{method}: {name} must be a hex key or a prefix of at least 4 characters, got {v!r}")
+
+
 def _conformance_instance(model: nn.Module, x: torch.Tensor) -> "Universal":
     """For the conformance suite: a perturbation crafted on ``x`` and stored in the default store."""
     v, rate = craft(model, x, Threat("linf", 0.1), method="sgd", passes=10, lr=0.02, generator=devices.generator(0, x.device))
@@ -103,11 +109,7 @@ class Universal(Attack):
 
     The perturbation is crafted once, on training images, by ``rbl experiment universal``;
     this attack reuses it, so any model (its own or another architecture's, for transfer)
-    can be scored against it through the engine and the leaderboard.
-
-    Args:
-        artifact: the key (or a unique prefix) of a ``universal`` artifact in the store.
-        store: the results store holding it (default: the user's store).
+    can be scored against it through the engine and the leaderboard. ``artifact`` is required.
 
     Returns:
         x_adv with the shape, dtype and device of x.
@@ -118,12 +120,9 @@ class Universal(Attack):
 
     batch_invariant = True
 
-    artifact: str
-    store: str | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.artifact, str) or len(self.artifact) < 4 or not all(c in "0123456789abcdef" for c in self.artifact):
-            raise ValueError(f"universal: artifact must be a hex key or a prefix of at least 4 characters, got {self.artifact!r}")
+    artifact: str = value(MISSING, "the key (or a unique prefix) of a universal artifact in the store; required",
+                          check=_artifact_key, allowed="a hex key or a prefix of at least 4 characters")
+    store: str | None = value(None, "the results store holding it; None means the user's store")
 
     def config(self) -> dict:
         # The full key, not the prefix the user typed, identifies the cell.

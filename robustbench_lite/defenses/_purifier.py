@@ -35,10 +35,10 @@ class Reconstruct(Defense):
 
     batch_invariant = True
 
-    model: str
+    model: str  # each registered subclass declares it, with its default and doc
 
-    def __post_init__(self) -> None:
-        generative.require(DEFENSES.name_of(type(self)), self.model, "reconstruct")
+    def validate(self, method: str) -> None:
+        generative.require(method, self.model, "reconstruct")
 
     def transform(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         return net(self.model, x).reconstruct(x)

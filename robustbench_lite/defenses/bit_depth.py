@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from robustbench_lite.validation import check_int
+from robustbench_lite.params import integer
 from robustbench_lite.defenses.base import Defense
 from robustbench_lite.registry import DEFENSES
 
@@ -19,9 +19,6 @@ class BitDepth(Defense):
     Rounding has a zero gradient almost everywhere, so the step is declared non-differentiable
     and attacked with BPDA (identity backward), which is how Athalye 2018 broke it.
 
-    Args:
-        bits: 1 to 8 (default 3, Guo 2018; Xu 2018 used 1 on MNIST).
-
     Example:
         >>> rbl eval --model smallcnn-fmnist-standard --defense bit_depth:bits=3 --attack pgd --eps 0.1
     """
@@ -29,10 +26,7 @@ class BitDepth(Defense):
     differentiable = False
     batch_invariant = True
 
-    bits: int = 3
-
-    def __post_init__(self) -> None:
-        check_int("bit_depth", "bits", self.bits, 1, 8)
+    bits: int = integer(3, "bits per pixel (3: Guo 2018; Xu 2018 used 1 on MNIST)", lo=1, hi=8)
 
     def transform(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         levels = 2 ** self.bits - 1

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from robustbench_lite.generative import base as generative
-from robustbench_lite.validation import check_int, check_positive
+from robustbench_lite.params import integer, positive, value
 from robustbench_lite.defenses.base import Defense
 from robustbench_lite.registry import DEFENSES
 
@@ -26,13 +26,7 @@ class DefenseGAN(Defense):
     projection's implicit gradient (:func:`generative.through_range`), not the identity;
     ``--mode bpda`` still measures the identity.
 
-    Args:
-        model: a trained GAN (default ``gan-fmnist``; ``rbl train-generative --model gan``), or
-            any generative model that can decode (a VAE's decoder).
-        steps: gradient-descent steps L on z (default 200, the paper's).
-        restarts: random starts R, the best kept (default 10, the paper's).
-        lr: step size on the per-pixel mean squared error (default 10, the paper's), with
-            momentum 0.7 as in the authors' code.
+    The descent on z takes momentum 0.7, as in the authors' code.
 
     Example:
         >>> rbl eval --model smallcnn-fmnist-standard --defense defense_gan:steps=50,restarts=4 --attack pgd --eps 0.1
@@ -41,16 +35,14 @@ class DefenseGAN(Defense):
     differentiable = False
     stochastic = True
 
-    model: str = "gan-fmnist"
-    steps: int = 200
-    restarts: int = 10
-    lr: float = 10.0
+    model: str = value("gan-fmnist", "a trained GAN (``rbl train-generative --model gan``), or any generative "
+                                     "model that can decode (a VAE's decoder), by cache name or checkpoint folder")
+    steps: int = integer(200, "gradient-descent steps L on z (200: the paper's)", lo=1)
+    restarts: int = integer(10, "random starts R, the best kept (10: the paper's)", lo=1)
+    lr: float = positive(10.0, "step size on the per-pixel mean squared error (10: the paper's)")
 
-    def __post_init__(self) -> None:
-        check_int("defense_gan", "steps", self.steps, 1)
-        check_int("defense_gan", "restarts", self.restarts, 1)
-        check_positive("defense_gan", "lr", self.lr)
-        generative.require("defense_gan", self.model, "sample")
+    def validate(self, method: str) -> None:
+        generative.require(method, self.model, "sample")
 
     def transform(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         net, z = self._project(x, generator)

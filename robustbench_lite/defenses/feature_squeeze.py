@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from robustbench_lite.validation import check_int
+from robustbench_lite.params import integer
 from robustbench_lite.views import Defended
 from robustbench_lite.defenses.base import Detector
 from robustbench_lite.registry import DEFENSES
@@ -26,12 +26,6 @@ class FeatureSqueeze(Detector):
     The bit-depth squeezer is not differentiable; a joint attack takes BPDA (identity
     backward) through it, as it does for the bit_depth defense.
 
-    Args:
-        bits: bit depth of the first squeezer (default 1, the paper's MNIST setting; 1 to 8).
-        window: median window of the second squeezer (default 2, the paper's MNIST setting).
-        fpr: false-positive rate on clean calibration data that sets the threshold (default 0.05).
-        calibration: last N training points used to set it (default 2000).
-
     Example:
         >>> rbl eval --model smallcnn-fmnist-standard --defense feature_squeeze --attack pgd --eps 0.1
     """
@@ -39,13 +33,8 @@ class FeatureSqueeze(Detector):
     differentiable = False  # the bit-depth squeezer; its backward pass is BPDA's identity
     batch_invariant = True
 
-    bits: int = 1
-    window: int = 2
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_int("feature_squeeze", "bits", self.bits, 1, 8)
-        check_int("feature_squeeze", "window", self.window, 2, 8)
+    bits: int = integer(1, "bit depth of the first squeezer (1: the paper's MNIST setting)", lo=1, hi=8)
+    window: int = integer(2, "median window of the second squeezer (2: the paper's MNIST setting)", lo=2, hi=8)
 
     def score(self, parts: nn.Module | None, classifier: nn.Module, x: torch.Tensor, logits: torch.Tensor,
               activations: torch.Tensor | None, bpda: bool) -> torch.Tensor:

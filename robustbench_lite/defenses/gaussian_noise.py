@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from robustbench_lite.validation import check_interval
+from robustbench_lite.params import real
 from robustbench_lite.defenses.base import Defense
 from robustbench_lite.registry import DEFENSES
 
@@ -17,19 +17,13 @@ class GaussianNoise(Defense):
     """x + N(0, sigma^2), clipped to [0, 1]. Random, so the engine attacks it with EOT and
     scores predictions as a majority vote.
 
-    Args:
-        sigma: noise standard deviation in (0, 1] (default 0.12, Cohen 2019's smallest).
-
     Example:
         >>> rbl eval --model smallcnn-fmnist-standard --defense gaussian_noise:sigma=0.12 --attack pgd --eps 0.1
     """
 
     stochastic = True
 
-    sigma: float = 0.12
-
-    def __post_init__(self) -> None:
-        check_interval("gaussian_noise", "sigma", self.sigma, 0, 1, "(]")
+    sigma: float = real(0.12, "noise standard deviation (0.12: Cohen 2019's smallest)", lo=0, hi=1, interval="(]")
 
     def transform(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from robustbench_lite.validation import check_int
+from robustbench_lite.params import integer
 from robustbench_lite.defenses.base import Defense
 from robustbench_lite.registry import DEFENSES
 
@@ -21,9 +21,6 @@ class JPEG(Defense):
     Pillow; torchvision 0.29 deprecates its own codec): quantisation to 8 bits and of the DCT coefficients, so no gradient exists
     and the step is attacked with BPDA (identity backward, Athalye 2018).
 
-    Args:
-        quality: 1 to 100 (default 75, Guo 2018).
-
     Example:
         >>> rbl eval --model smallcnn-fmnist-standard --defense jpeg:quality=75 --attack pgd --eps 0.1
     """
@@ -32,10 +29,7 @@ class JPEG(Defense):
     batch_invariant = True
     cpu_only = True  # Pillow's codec: each batch goes to the CPU and back
 
-    quality: int = 75
-
-    def __post_init__(self) -> None:
-        check_int("jpeg", "quality", self.quality, 1, 100)
+    quality: int = integer(75, "JPEG quality (75: Guo 2018)", lo=1, hi=100)
 
     def transform(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         pixels = (x.detach().cpu() * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()

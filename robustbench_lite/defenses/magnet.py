@@ -17,11 +17,26 @@ from torch import nn
 from robustbench_lite.generative import base as generative
 from robustbench_lite.defenses.base import Composite, Defense
 from robustbench_lite.defenses.base import Detector
+from robustbench_lite.params import integer, params, real, value
 from robustbench_lite.registry import DEFENSES
 
 from . import _purifier
 
 NORMS = ("l1", "l2")
+_AUTOENCODER = "a trained autoencoder, by cache name or checkpoint folder (``rbl train-generative --model dae``)"
+
+
+def _check_norms(method: str, name: str, norms: Any) -> None:
+    parts = norms.split("+") if isinstance(norms, str) else []
+    if not parts or any(p not in NORMS for p in parts) or len(set(parts)) != len(parts):
+        raise ValueError(f"{method}: {name} must be l1, l2 or l1+l2, got {norms!r}")
+
+
+def _as_in(part: type, name: str) -> Any:
+    """``part``'s declaration of the field ``name`` (its default, doc and allowed values), unchecked
+    here: the part checks it when it is built, and its errors name the part."""
+    f, p = next((f, p) for f, p in params(part) if f.name == name)
+    return value(f.default, f"{p.doc}; checked by ``{part.registered_as}``", allowed=p.allowed)
 
 
 @DEFENSES.register("magnet_reformer", kind="purifier")
@@ -29,12 +44,9 @@ NORMS = ("l1", "l2")
 class MagnetReformer(_purifier.Reconstruct):
     """MagNet's reformer: x -> AE(x). Deterministic and differentiable (full gradients in the
     adaptive mode, the identity under ``--mode bpda``).
-
-    Args:
-        model: a trained autoencoder (default ``dae-fmnist``; ``rbl train-generative --model dae``).
     """
 
-    model: str = "dae-fmnist"
+    model: str = value("dae-fmnist", _AUTOENCODER)
 
 
 class _Scales(nn.Module):
@@ -54,28 +66,19 @@ class MagnetDetector(Detector):
     quantile on clean fitting data; the score is their maximum, so the input is rejected when
     either detector fires. The threshold on that score sits at ``fpr`` on the other half of
     the clean calibration points.
-
-    Args:
-        model: a trained autoencoder (default ``dae-fmnist``).
-        norms: the errors used, ``l1``, ``l2`` or ``l1+l2`` (default).
-        fpr: false-positive rate on clean calibration data (default 0.001, the paper's).
-        calibration: last N training points, half to scale the errors, half to set the
-            threshold (default 10000: a 0.1% rate needs thousands of points).
     """
 
     batch_invariant = True
 
-    model: str = "dae-fmnist"
-    norms: str = "l1+l2"
-    fpr: float = 0.001
-    calibration: int = 10000
+    fpr: float = real(0.001, "the false-positive rate on clean calibration data that sets the threshold "
+                             "(0.001: the paper's)", lo=0, hi=1, interval="()")
+    calibration: int = integer(10000, "the last N training points, half to scale the errors, half to set the "
+                                      "threshold (a 0.1% rate needs thousands of points)", lo=100)
+    model: str = value("dae-fmnist", _AUTOENCODER)
+    norms: str = value("l1+l2", "the reconstruction errors used", check=_check_norms, allowed="l1, l2 or l1+l2")
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        parts = self.norms.split("+") if isinstance(self.norms, str) else []
-        if not parts or any(p not in NORMS for p in parts) or len(set(parts)) != len(parts):
-            raise ValueError(f"magnet_detector: norms must be l1, l2 or l1+l2, got {self.norms!r}")
-        generative.require("magnet_detector", self.model, "reconstruct")
+    def validate(self, method: str) -> None:
+        generative.require(method, self.model, "reconstruct")
 
     def errors(self, x: torch.Tensor) -> torch.Tensor:
         """(N, len(norms)) reconstruction errors, differentiable in x."""
@@ -103,22 +106,19 @@ class MagnetDetector(Detector):
 class MagNet(Composite):
     """The whole of MagNet: the reformer in front of the classifier and the detectors on the
     raw input, both from one autoencoder. Expands to ``magnet_reformer`` then
-    ``magnet_detector``; rejected adversarial inputs count as caught.
-
-    Args:
-        model: a trained autoencoder (default ``dae-fmnist``; ``rbl train-generative --model dae``).
-        norms, fpr, calibration: the detector's, see ``magnet_detector``.
+    ``magnet_detector``; rejected adversarial inputs count as caught. Its fields are those of
+    the parts, which check them when :meth:`parts` builds them (so an error names the part).
 
     Example:
         >>> rbl eval --model smallcnn-fmnist-standard --defense magnet --attack pgd --eps 0.1
     """
 
-    model: str = "dae-fmnist"
-    norms: str = "l1+l2"
-    fpr: float = 0.001
-    calibration: int = 10000
+    model: str = _as_in(MagnetReformer, "model")
+    norms: str = _as_in(MagnetDetector, "norms")
+    fpr: float = _as_in(MagnetDetector, "fpr")
+    calibration: int = _as_in(MagnetDetector, "calibration")
 
-    def __post_init__(self) -> None:
+    def validate(self, method: str) -> None:
         self.parts()  # a bad argument fails here, named by the part that checks it
 
     def parts(self) -> tuple[Defense | Detector, ...]:

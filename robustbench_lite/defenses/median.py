@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from robustbench_lite.validation import check_int
+from robustbench_lite.params import integer
 from robustbench_lite.defenses.base import Defense
 from robustbench_lite.registry import DEFENSES
 
@@ -21,19 +21,13 @@ class Median(Defense):
     The median picks one input pixel per output pixel, so autograd gives its exact
     (sparse) gradient and no approximation is needed.
 
-    Args:
-        window: 2 to 11 (default 2, Xu 2018's MNIST squeezer).
-
     Example:
         >>> rbl eval --model smallcnn-fmnist-standard --defense median:window=2 --attack pgd --eps 0.1
     """
 
     batch_invariant = True
 
-    window: int = 2
-
-    def __post_init__(self) -> None:
-        check_int("median", "window", self.window, 2, 11)
+    window: int = integer(2, "side of the median window (2: Xu 2018's MNIST squeezer)", lo=2, hi=11)
 
     def transform(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         k = self.window

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from robustbench_lite.validation import check_interval
+from robustbench_lite.params import real
 from robustbench_lite.defenses.base import Defense
 from robustbench_lite.registry import DEFENSES
 
@@ -22,19 +22,13 @@ class RandomResizePad(Defense):
     same ratio (299/331 = 0.90) is applied by shrinking instead. One draw per batch, as in
     the paper's implementation. Differentiable but random: attacked with EOT.
 
-    Args:
-        min_scale: smallest relative side in (0, 1) (default 0.9, the paper's ratio).
-
     Example:
         >>> rbl eval --model smallcnn-fmnist-standard --defense random_resize_pad --attack pgd --eps 0.1
     """
 
     stochastic = True
 
-    min_scale: float = 0.9
-
-    def __post_init__(self) -> None:
-        check_interval("random_resize_pad", "min_scale", self.min_scale, 0, 1, "()")
+    min_scale: float = real(0.9, "smallest relative side (0.9: the paper's ratio)", lo=0, hi=1, interval="()")
 
     def transform(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         h, w = x.shape[-2:]

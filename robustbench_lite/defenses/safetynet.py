@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustbench_lite.validation import check_int, check_positive
+from robustbench_lite.params import integer, positive
 from robustbench_lite.inference import eval_mode
 from robustbench_lite.defenses.base import Detector
 from robustbench_lite.views import capture
@@ -26,12 +26,7 @@ class SafetyNet(Detector):
     uses a small MLP so that the joint attack (Carlini and Wagner 2017) has an honest gradient
     to follow, and the comparison with the classifier-only attack shows what hiding it buys.
 
-    Args:
-        eps: L-inf radius of the PGD-10 training examples (default 0.1, the headline eps).
-        hidden: width of the MLP's hidden layer (default 64).
-        epochs: passes of Adam over the training codes (default 30).
-        fpr: false-positive rate on clean calibration data that sets the threshold (default 0.05).
-        calibration: last N training points: half train the MLP, half set the threshold (default 2000).
+    Of the ``calibration`` points, half train the MLP and half set the threshold.
 
     Example:
         >>> rbl eval --model smallcnn-fmnist-standard --defense safetynet --attack pgd --eps 0.1
@@ -41,15 +36,9 @@ class SafetyNet(Detector):
 
     needs_activations = True
 
-    eps: float = 0.1
-    hidden: int = 64
-    epochs: int = 30
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_positive("safetynet", "eps", self.eps)
-        check_int("safetynet", "hidden", self.hidden, 1)
-        check_int("safetynet", "epochs", self.epochs, 1)
+    eps: float = positive(0.1, "L-inf radius of the PGD-10 training examples (0.1: the headline eps)")
+    hidden: int = integer(64, "width of the MLP's hidden layer", lo=1)
+    epochs: int = integer(30, "passes of Adam over the training codes", lo=1)
 
     def fit(self, classifier: nn.Module, base: nn.Module, x: torch.Tensor, y: torch.Tensor,
             generator: torch.Generator) -> nn.Module:

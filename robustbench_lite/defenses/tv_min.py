@@ -4,12 +4,26 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 
-from robustbench_lite.validation import check_int
+from robustbench_lite.params import integer, value
 from robustbench_lite.defenses.base import Defense
 from robustbench_lite.registry import DEFENSES
+
+
+def _finite(allowed: str, ok: Callable[[float], bool]) -> Callable[[str, str, Any], None]:
+    """A check that ``value`` is a finite number (never None) with ``ok(value)``."""
+
+    def check(method: str, name: str, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+            raise ValueError(f"{method}: {name} must be a finite number {allowed}, got {value!r}")
+
+    return check
+
+
+_POSITIVE = _finite("> 0", lambda v: v > 0)
 
 
 @DEFENSES.register("tv_min")
@@ -24,12 +38,6 @@ class TVMin(Defense):
     The forward pass runs an optimisation and draws a random mask, so the step is declared
     non-differentiable (BPDA with the identity, as Athalye 2018 did) and random (EOT).
 
-    Args:
-        keep: pixel keep probability in (0, 1] (default 0.5, Guo 2018).
-        lam: TV weight > 0 (default 0.03, Guo 2018).
-        steps: descent steps (default 40).
-        lr: descent step size (default 0.1).
-
     Example:
         >>> rbl eval --model smallcnn-fmnist-standard --defense tv_min --attack pgd --eps 0.1
     """
@@ -37,17 +45,11 @@ class TVMin(Defense):
     differentiable = False
     stochastic = True
 
-    keep: float = 0.5
-    lam: float = 0.03
-    steps: int = 40
-    lr: float = 0.1
-
-    def __post_init__(self) -> None:
-        for name, value, ok in (("keep", self.keep, lambda v: 0 < v <= 1), ("lam", self.lam, lambda v: v > 0),
-                                ("lr", self.lr, lambda v: v > 0)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
-                raise ValueError(f"tv_min: {name} must be a finite number {'in (0, 1]' if name == 'keep' else '> 0'}, got {value!r}")
-        check_int("tv_min", "steps", self.steps, 1)
+    keep: float = value(0.5, "pixel keep probability (0.5: Guo 2018)", check=_finite("in (0, 1]", lambda v: 0 < v <= 1),
+                        allowed="finite number in (0, 1]")
+    lam: float = value(0.03, "TV weight (0.03: Guo 2018)", check=_POSITIVE, allowed="finite number > 0")
+    steps: int = integer(40, "descent steps", lo=1)
+    lr: float = value(0.1, "descent step size", check=_POSITIVE, allowed="finite number > 0")
 
     def transform(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         mask = (torch.rand(x.shape, generator=generator, device=x.device) < self.keep).to(x.dtype)

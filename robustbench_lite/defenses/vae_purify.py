@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from robustbench_lite.params import value
 from robustbench_lite.registry import DEFENSES
 
 from . import _purifier
@@ -17,12 +18,9 @@ class VAEPurify(_purifier.Reconstruct):
     the adaptive attack takes full gradients through the VAE (``--mode bpda`` takes the
     identity instead).
 
-    Args:
-        model: a trained VAE, by cache name or checkpoint folder (default ``vae-fmnist``;
-            train it with ``rbl train-generative --model vae``).
-
     Example:
         >>> rbl eval --model smallcnn-fmnist-standard --defense vae_purify --attack pgd --eps 0.1 --mode all
     """
 
-    model: str = "vae-fmnist"
+    model: str = value("vae-fmnist", "a trained VAE, by cache name or checkpoint folder "
+                                     "(train it with ``rbl train-generative --model vae``)")

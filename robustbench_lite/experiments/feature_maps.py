@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from robustbench_lite import devices
-from robustbench_lite.validation import check_int, check_interval
+from robustbench_lite.params import integer, real
 from robustbench_lite.inference import eval_mode
 from robustbench_lite.data import Split
 from robustbench_lite.experiments.base import Experiment, Outcome
@@ -45,25 +45,14 @@ class FeatureMaps(Experiment):
     for four points the channel whose clean map is the most active, clean and adversarial,
     before and after the block.
 
-    Args:
-        n: test points (default 200).
-        eps, steps: the L-inf PGD (default 0.1, 20 steps).
-        block: which denoising block, counted from 0 (default 0, the first).
-
     Example:
         >>> rbl experiment feature_maps --models smallcnn_denoise-fmnist-pgd_at
     """
 
-    n: int = 200
-    eps: float = 0.1
-    steps: int = 20
-    block: int = 0
-
-    def __post_init__(self) -> None:
-        check_int("feature_maps", "n", self.n, 1)
-        check_interval("feature_maps", "eps", self.eps, 0, 1)
-        check_int("feature_maps", "steps", self.steps, 1)
-        check_int("feature_maps", "block", self.block, 0)
+    n: int = integer(200, "test points", lo=1)
+    eps: float = real(0.1, "L-inf radius of the PGD examples", lo=0, hi=1)
+    steps: int = integer(20, "steps of the L-inf PGD", lo=1)
+    block: int = integer(0, "which denoising block, counted from 0", lo=0)
 
     def run(self, models: Sequence[LoadedModel], train: Split, test: Split, *, seed: int) -> list[Outcome]:
         sub = test.first(min(self.n, len(test)))

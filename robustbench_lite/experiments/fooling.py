@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from robustbench_lite import devices
-from robustbench_lite.validation import check_choice, check_int, check_interval, check_positive
+from robustbench_lite.params import choice, integer, positive, real
 from robustbench_lite.inference import eval_mode
 from robustbench_lite.data import Split
 from robustbench_lite.experiments.base import Experiment, Outcome
@@ -82,33 +82,18 @@ class Fooling(Experiment):
     Reported per model: the share of classes that reach the threshold within the budget,
     the mean confidence, and the steps (gradient) or queries (evolution) used.
 
-    Args:
-        method: ``gradient`` (default) or ``evolution``.
-        threshold: the confidence to reach (default 0.99, as in the paper).
-        steps: gradient steps of ``lr`` at most (default 1000 of 0.01; a class stops once it is reached).
-        generations: evolution generations (default 300) of ``population`` (default 50) queries.
-        sigma: the evolution's search radius in logit space (default 0.5).
-
     Example:
         >>> rbl experiment fooling:method=evolution --models smallcnn-fmnist-standard
     """
 
-    method: str = "gradient"
-    threshold: float = 0.99
-    steps: int = 1000
-    lr: float = 0.01
-    generations: int = 300
-    population: int = 50
-    sigma: float = 0.5
-
-    def __post_init__(self) -> None:
-        check_choice("fooling", "method", self.method, ("gradient", "evolution"))
-        check_interval("fooling", "threshold", self.threshold, 0, 1, "()")
-        check_int("fooling", "steps", self.steps, 1)
-        check_int("fooling", "generations", self.generations, 1)
-        check_int("fooling", "population", self.population, 2)
-        check_positive("fooling", "lr", self.lr)
-        check_positive("fooling", "sigma", self.sigma)
+    method: str = choice("gradient", "white-box gradient ascent or the black-box evolution strategy",
+                         ("gradient", "evolution"))
+    threshold: float = real(0.99, "the confidence to reach, as in the paper", lo=0, hi=1, interval="()")
+    steps: int = integer(1000, "gradient steps of lr at most; a class stops once it reaches the threshold", lo=1)
+    lr: float = positive(0.01, "the signed step of the gradient ascent; the evolution's is 1")
+    generations: int = integer(300, "evolution generations, each of population queries per class", lo=1)
+    population: int = integer(50, "queries per generation and class, in antithetic pairs", lo=2)
+    sigma: float = positive(0.5, "the evolution's search radius in logit space")
 
     def run(self, models: Sequence[LoadedModel], train: Split, test: Split, *, seed: int) -> list[Outcome]:
         shape = tuple(test.images.shape[1:])

@@ -12,7 +12,7 @@ import torch
 
 from robustbench_lite.attacks.latent import latent_search
 from robustbench_lite.generative import base as generative
-from robustbench_lite.validation import check_int, check_positive
+from robustbench_lite.params import integer, positive, value
 from robustbench_lite.inference import eval_mode
 from robustbench_lite.data import Split
 from robustbench_lite.experiments.base import Experiment, Outcome
@@ -32,28 +32,19 @@ class LatentUnrestricted(Experiment):
     yields a misread decoded image; with the latent distances and the image distances to x
     of the successes. Eight examples (x, D(E(x)), adversarial decode) are stored.
 
-    Args:
-        vae: a trained VAE (default ``vae-fmnist``).
-        radius: bound on the latent step ||r||_2 (default 1.0).
-        steps, lr: Adam on r (default 100, 0.05).
-        n: test points (default 500).
-
     Example:
         >>> rbl experiment latent --models smallcnn-fmnist-standard smallcnn-fmnist-pgd_at
     """
 
-    vae: str = "vae-fmnist"
-    radius: float = 1.0
-    steps: int = 100
-    lr: float = 0.05
-    n: int = 500
+    vae: str = value("vae-fmnist", "a trained VAE: a cache name or a checkpoint folder",
+                     allowed="a generative model that can encode")
+    radius: float = positive(1.0, "bound on the latent step ||r||_2")
+    steps: int = integer(100, "Adam steps on r", lo=1)
+    lr: float = positive(0.05, "the Adam step size on r")
+    n: int = integer(500, "test points", lo=1)
 
-    def __post_init__(self) -> None:
-        check_positive("latent", "radius", self.radius)
-        check_int("latent", "steps", self.steps, 1)
-        check_positive("latent", "lr", self.lr)
-        check_int("latent", "n", self.n, 1)
-        generative.require("latent", self.vae, "encode")
+    def validate(self, method: str) -> None:
+        generative.require(method, self.vae, "encode")  # last: it loads the model
 
     def config(self) -> dict:
         return super().config() | {"vae_sha256": generative.cached(self.vae).weights_sha256}

@@ -12,7 +12,8 @@ import torch
 
 from robustbench_lite.attacks.deepfool import deepfool
 from robustbench_lite.attacks.lbfgs import lbfgs
-from robustbench_lite.validation import check_choice, check_int
+from robustbench_lite.params import choice, integer, value
+from robustbench_lite.validation import check_choice
 from robustbench_lite.inference import eval_mode
 from robustbench_lite.data import Split
 from robustbench_lite.experiments.base import Experiment, Outcome
@@ -22,6 +23,11 @@ from robustbench_lite.threat import Threat
 from robustbench_lite.zoo import LoadedModel
 
 METHODS = ("deepfool", "lbfgs", "fb_deepfool", "fb_cw")
+
+
+def _methods(method: str, field: str, names: str) -> None:
+    for m in names.split("+"):
+        check_choice(method, field, m, METHODS)
 
 
 def _foolbox(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,27 +51,19 @@ class MinNorm(Experiment):
     and success rate, which must be 100% for the median to mean anything (REFERENCES.md: a
     minimum-norm attack is never clipped to an eps and reported as "no effect").
 
-    Args:
-        methods: any of ``deepfool``, ``lbfgs`` (ours) and ``fb_deepfool``, ``fb_cw``
-            (foolbox's, as references), '+'-separated (default ``deepfool+lbfgs+fb_deepfool``).
-        norm: ``l2`` (default) or ``linf`` (DeepFool only).
-        n: correctly classified test points measured (default 200).
-
     Example:
         >>> rbl experiment min_norm:methods=deepfool+fb_cw --models smallcnn-fmnist-standard
     """
 
-    methods: str = "deepfool+lbfgs+fb_deepfool"
-    norm: str = "l2"
-    n: int = 200
+    methods: str = value("deepfool+lbfgs+fb_deepfool", "the attacks run: deepfool and lbfgs are ours, fb_deepfool and "
+                         "fb_cw foolbox's, as references", check=_methods,
+                         allowed="'+'-separated names among " + ", ".join(METHODS))
+    norm: str = choice("l2", "the norm minimised; linf with DeepFool only, as lbfgs and fb_cw are L2", ("l2", "linf"))
+    n: int = integer(200, "correctly classified test points measured", lo=1)
 
-    def __post_init__(self) -> None:
-        for m in self.methods.split("+"):
-            check_choice("min_norm", "methods", m, METHODS)
-        check_choice("min_norm", "norm", self.norm, ("l2", "linf"))
+    def validate(self, method: str) -> None:
         if self.norm == "linf" and "lbfgs" in self.methods.split("+"):
-            raise ValueError("min_norm: lbfgs minimises the L2 norm; use norm=l2")
-        check_int("min_norm", "n", self.n, 1)
+            raise ValueError(f"{method}: lbfgs minimises the L2 norm; use norm=l2")
 
     def run(self, models: Sequence[LoadedModel], train: Split, test: Split, *, seed: int) -> list[Outcome]:
         outcomes = []

@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from robustbench_lite import devices, stats, zoo
-from robustbench_lite.validation import check_choice, check_int, check_interval, check_positive
+from robustbench_lite.params import choice, integer, positive, real, value
+from robustbench_lite.validation import check_choice
 from robustbench_lite.inference import eval_mode
 from robustbench_lite.data import DATASETS, Split
 from robustbench_lite.experiments.base import Experiment, Outcome
@@ -57,7 +58,7 @@ def representation(model: nn.Module, x: torch.Tensor, layer: str = "penultimate"
     while ``head`` is the 1568-dimensional trunk output that the ResNet's penultimate layer
     corresponds to. (On a transformer the first linear layer sits inside attention: use
     ``penultimate`` there.)"""
-    check_choice("representation", "layer", layer, LAYERS)
+    check_choice(representation.__name__, "layer", layer, LAYERS)
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise ValueError(f"{type(model).__name__} has no linear layer whose input is the representation")
@@ -120,6 +121,10 @@ def _uint8(x: torch.Tensor) -> torch.Tensor:
     return x.mul(255).round().clamp(0, 255).to(torch.uint8)
 
 
+def _architecture(method: str, field: str, arch: str) -> None:
+    MODELS.get(arch)  # raises, listing the architectures, on an unknown one
+
+
 @EXPERIMENTS.register("nonrobust")
 @dataclass(frozen=True, kw_only=True)
 class NonRobust(Experiment):
@@ -130,54 +135,32 @@ class NonRobust(Experiment):
     ``eval_eps``, with Wilson 95% intervals, and its PGD accuracy at eval_eps / 4 and / 2 (a
     short robustness curve: at 0.1 every standard-trained model may be near 0).
 
-    Args:
-        n: training images each set is built from (default 60000, all of Fashion-MNIST's, as the
-            paper uses all of CIFAR-10's; with far fewer, D_det's model falls below chance).
-        norm, eps, steps: the targeted PGD that builds D_det and D_rand (default L-inf 0.1, 50 steps, no
-            early stop, so the target class is reached with confidence).
-        synth_steps, synth_lr, tv, start, layer: D_R's synthesis (default 300 Adam steps of 0.01
-            with a total-variation weight of 0.3, from a random other training image;
-            ``start=noise`` from U[0, 1]), matching the robust model's representation at
-            ``layer`` (default ``head``, the trunk's output; see :func:`representation` and
-            :func:`robustify`).
-        arch, epochs: the fresh models (default ``smallcnn``, 10 epochs, the standard recipe).
-        eval_n, eval_eps, eval_steps: the test points and the PGD that scores them (default 1000
-            points, L-inf 0.1, 20 steps).
+    D_R's synthesis is :func:`robustify`, matching the robust model's :func:`representation`
+    at ``layer``.
 
     Example:
         >>> rbl experiment nonrobust --models smallcnn-fmnist-standard smallcnn-fmnist-pgd_at
     """
 
-    n: int = 60000
-    norm: str = "linf"
-    eps: float = 0.1
-    steps: int = 50
-    synth_steps: int = 300
-    synth_lr: float = 0.01
-    tv: float = 0.3
-    layer: str = "head"
-    start: str = "image"
-    arch: str = "smallcnn"
-    epochs: int = 10
-    eval_n: int = 1000
-    eval_eps: float = 0.1
-    eval_steps: int = 20
-
-    def __post_init__(self) -> None:
-        check_int("nonrobust", "n", self.n, 2)
-        check_choice("nonrobust", "norm", self.norm, NORMS)
-        check_interval("nonrobust", "eps", self.eps, 0, 1)
-        check_int("nonrobust", "steps", self.steps, 1)
-        check_int("nonrobust", "synth_steps", self.synth_steps, 1)
-        check_positive("nonrobust", "synth_lr", self.synth_lr)
-        check_interval("nonrobust", "tv", self.tv, 0, 100)
-        check_choice("nonrobust", "layer", self.layer, LAYERS)
-        check_choice("nonrobust", "start", self.start, STARTS)
-        MODELS.get(self.arch)
-        check_int("nonrobust", "epochs", self.epochs, 1)
-        check_int("nonrobust", "eval_n", self.eval_n, 1)
-        check_interval("nonrobust", "eval_eps", self.eval_eps, 0, 1)
-        check_int("nonrobust", "eval_steps", self.eval_steps, 1)
+    n: int = integer(60000, "training images each set is built from; the default is all of Fashion-MNIST's, as the "
+                            "paper uses all of CIFAR-10's, and with far fewer D_det's model falls below chance", lo=2)
+    norm: str = choice("linf", "norm of the targeted PGD that builds D_det and D_rand", NORMS)
+    eps: float = real(0.1, "radius of the targeted PGD that builds D_det and D_rand", lo=0, hi=1)
+    steps: int = integer(50, "steps of the targeted PGD, with no early stop, so the target class is reached with "
+                             "confidence", lo=1)
+    synth_steps: int = integer(300, "Adam steps of D_R's synthesis", lo=1)
+    synth_lr: float = positive(0.01, "Adam step size of D_R's synthesis")
+    tv: float = real(0.3, "total-variation weight of D_R's synthesis", lo=0, hi=100)
+    layer: str = choice("head", "the layer of the robust model whose representation D_R matches; head is the "
+                                "trunk's output", LAYERS)
+    start: str = choice("image", "where D_R's synthesis starts: a random other training image, or noise from U[0, 1]",
+                        STARTS)
+    arch: str = value("smallcnn", "architecture of the fresh models", check=_architecture,
+                      allowed="a registered model architecture")
+    epochs: int = integer(10, "training epochs of the fresh models, with the standard recipe", lo=1)
+    eval_n: int = integer(1000, "test points the fresh models are scored on", lo=1)
+    eval_eps: float = real(0.1, "L-inf radius of the PGD that scores them", lo=0, hi=1)
+    eval_steps: int = integer(20, "steps of the PGD that scores them", lo=1)
 
     def run(self, models: Sequence[LoadedModel], train: Split, test: Split, *, seed: int) -> list[Outcome]:
         if len(models) != 2:

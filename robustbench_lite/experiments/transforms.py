@@ -12,7 +12,7 @@ import torchvision.transforms.functional as TF
 from robustbench_lite.defenses.gaussian_noise import GaussianNoise
 from robustbench_lite.defenses.jpeg import JPEG
 from robustbench_lite import devices
-from robustbench_lite.validation import check_int, check_positive
+from robustbench_lite.params import integer, positive, value
 from robustbench_lite.data import Split
 from robustbench_lite.experiments.base import Experiment, Outcome
 from robustbench_lite.inference import predictions
@@ -43,6 +43,11 @@ TRANSFORMS: dict[str, tuple[Transform, tuple[float, ...]]] = {
 }
 
 
+def _attack_specs(method: str, field: str, specs: str) -> None:
+    for a in specs.split("+"):
+        make_attack(a)  # raises on an unknown attack or a bad argument
+
+
 def destruction_rate(model: torch.nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor,
                      transform: Callable[[torch.Tensor], torch.Tensor]) -> float | None:
     """Kurakin's d: among clean-correct points whose adversarial example fools the model, the
@@ -59,24 +64,14 @@ class Transforms(Experiment):
     """Destruction rates of FGSM, BIM and least-likely-class examples under JPEG, blur,
     Gaussian noise, brightness, contrast, small rotations and rescales, each at five strengths.
 
-    Args:
-        attacks: '+'-separated attack specs (default ``fgsm+bim+illc``, Kurakin's three).
-        eps: L-inf radius of the examples (default 0.1).
-        n: first test points (default 1000).
-
     Example:
         >>> rbl experiment transforms:eps=0.1 --models smallcnn-fmnist-standard
     """
 
-    attacks: str = "fgsm+bim+illc"
-    eps: float = 0.1
-    n: int = 1000
-
-    def __post_init__(self) -> None:
-        for a in self.attacks.split("+"):
-            make_attack(a)
-        check_positive("transforms", "eps", self.eps)
-        check_int("transforms", "n", self.n, 1)
+    attacks: str = value("fgsm+bim+illc", "the attacks whose examples are transformed; the default is Kurakin's three",
+                         check=_attack_specs, allowed="'+'-separated attack specs")
+    eps: float = positive(0.1, "L-inf radius of the examples")
+    n: int = integer(1000, "first test points", lo=1)
 
     def run(self, models: Sequence[LoadedModel], train: Split, test: Split, *, seed: int) -> list[Outcome]:
         sub = test.first(min(self.n, len(test)))

@@ -11,7 +11,7 @@ from torch import nn
 
 from robustbench_lite.attacks.universal import craft, fooling_rate
 from robustbench_lite import devices
-from robustbench_lite.validation import check_choice, check_int, check_interval, check_positive
+from robustbench_lite.params import choice, integer, positive, real, value
 from robustbench_lite.inference import eval_mode
 from robustbench_lite.data import Split
 from robustbench_lite.experiments.base import Experiment, Outcome
@@ -22,6 +22,10 @@ from robustbench_lite.zoo import LoadedModel
 
 
 EXAMPLES = 4  # test points kept with each artifact for the clean + perturbation = adversarial figure
+
+
+def _norm(method: str, field: str, norm: str) -> None:
+    Threat(norm, 0.0)  # raises on an unknown norm, naming the norms
 
 
 def _examples(model: nn.Module, x: torch.Tensor, v: torch.Tensor, x_pgd: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -42,40 +46,25 @@ def _examples(model: nn.Module, x: torch.Tensor, v: torch.Tensor, x_pgd: torch.T
 class Universal(Experiment):
     """A universal perturbation per model, crafted on training images and measured on
     held-out test points, next to per-example PGD at the same eps; with several models, the
-    matrices of how A's perturbation and A's PGD examples fool B.
-
-    Args:
-        xi: radius of the perturbation (default 0.1, the headline eps).
-        norm: ``linf`` (default) or ``l2``.
-        method: ``deepfool`` (default, Moosavi-Dezfooli 2017) or ``sgd`` (Shafahi 2020), see :func:`craft`.
-        delta: stop at a training fooling rate of 1 - delta (default 0.2, as in the paper).
-        passes: passes over the training images at most (default 10).
-        n_train: training images it is crafted on (default 2000, the first of the split).
-        n_test: held-out test points it is measured on (default 1000).
-        pgd_steps: steps of the per-example PGD it is compared with (default 20).
+    matrices of how A's perturbation and A's PGD examples fool B. The perturbation is crafted
+    by :func:`~robustbench_lite.attacks.universal.craft`.
 
     Example:
         >>> rbl experiment universal --models smallcnn-fmnist-standard resnet10t-fmnist-standard
     """
 
-    xi: float = 0.1
-    norm: str = "linf"
-    method: str = "deepfool"
-    delta: float = 0.2
-    passes: int = 10
-    n_train: int = 2000
-    n_test: int = 1000
-    pgd_steps: int = 20
+    xi: float = positive(0.1, "radius of the perturbation; the default is the headline eps")
+    norm: str = value("linf", "norm of the perturbation's ball", check=_norm, allowed="one of linf, l2")
+    method: str = choice("deepfool", "deepfool (Moosavi-Dezfooli 2017) or sgd (Shafahi 2020)", ("deepfool", "sgd"))
+    delta: float = real(0.2, "stop at a training fooling rate of 1 - delta; the default is the paper's", lo=0, hi=1,
+                        interval="[)")
+    passes: int = integer(10, "passes over the training images at most", lo=1)
+    n_train: int = integer(2000, "training images it is crafted on, the first of the split", lo=1)
+    n_test: int = integer(1000, "held-out test points it is measured on", lo=1)
+    pgd_steps: int = integer(20, "steps of the per-example PGD it is compared with", lo=1)
 
-    def __post_init__(self) -> None:
-        check_positive("universal", "xi", self.xi)
-        Threat(self.norm, self.xi)
-        check_choice("universal", "method", self.method, ("deepfool", "sgd"))
-        check_interval("universal", "delta", self.delta, 0, 1, "[)")
-        check_int("universal", "passes", self.passes, 1)
-        check_int("universal", "n_train", self.n_train, 1)
-        check_int("universal", "n_test", self.n_test, 1)
-        check_int("universal", "pgd_steps", self.pgd_steps, 1)
+    def validate(self, method: str) -> None:
+        Threat(self.norm, self.xi)  # the threat it is crafted under (xi None is refused here)
 
     def run(self, models: Sequence[LoadedModel], train: Split, test: Split, *, seed: int) -> list[Outcome]:
         threat = Threat(self.norm, self.xi)

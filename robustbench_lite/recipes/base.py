@@ -67,16 +67,6 @@ class Recipe(Validated, ABC):
         return dataclasses.asdict(self)
 
 
-def check_eps(recipe: str, eps: float) -> None:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
-        raise ValueError(f"{recipe}: eps must be a number in (0, 1), got {eps!r}")
-
-
-def check_fraction(recipe: str, name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise ValueError(f"{recipe}: {name} must be a number in [0, 1], got {value!r}")
-
-
 def mixed_loss(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, clean_weight: float) -> Step:
     """w * CE(x) + (1 - w) * CE(x_adv), with both halves in one forward pass (Goodfellow 2015, eq. 6)."""
     logits = model(torch.cat([x, x_adv]))

@@ -4,13 +4,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..registry import RECIPES
 from ..threat import Threat
-from .base import Recipe, Step, check_eps, check_fraction, mixed_loss
+from ..params import real, value
+from .base import Recipe, Step, mixed_loss
+from .. import specs
+from .. import zoo
+
+
+def _sources(sources: Any) -> tuple[str, ...]:
+    return tuple(sources.split("+")) if isinstance(sources, str) else tuple(sources)
+
+
+def _check_sources(method: str, name: str, sources: Any) -> None:
+    names = _sources(sources)
+    if not names or not all(isinstance(s, str) and s.strip() for s in names):
+        raise ValueError(f"{method}: {name} must name at least one static model, got {sources!r}")
 
 
 @RECIPES.register("ensemble_at")
@@ -23,37 +37,26 @@ class EnsembleAT(Recipe):
     stops the model from learning to mask its own single-step gradients (the paper's point);
     its robustness is aimed at transferred attacks and is weaker against white-box PGD.
 
-    Args:
-        sources: the static models, as architectures (meaning ``<arch>-<dataset>-standard``),
-            zoo names, or checkpoint paths; a string may join several with ``+``
-            (default: resnet10t and mobilenetv3_small_050).
-        eps: L-inf radius in (0, 1) (default 0.1).
-        attack: attack spec crafting the examples (default ``fgsm``, as in the paper).
-        clean_weight: weight of the clean term, in [0, 1] (default 0.5).
-
     Example:
         >>> rbl train --arch smallcnn --recipe ensemble_at:sources=resnet10t+mobilenetv3_small_050
     """
 
-    sources: tuple[str, ...] | str = ("resnet10t", "mobilenetv3_small_050")
-    eps: float = 0.1
-    attack: str = "fgsm"
-    clean_weight: float = 0.5
+    sources: tuple[str, ...] | str = value(
+        ("resnet10t", "mobilenetv3_small_050"),
+        "the static models, as architectures (meaning ``<arch>-<dataset>-standard``), zoo names, or "
+        "checkpoint paths; a string may join several with ``+``",
+        check=_check_sources, allowed="one or more model names")
+    eps: float = real(0.1, "L-inf radius", lo=0, hi=1, interval="()")
+    attack: str = value("fgsm", "attack spec crafting the examples (``fgsm``, as in the paper)")
+    clean_weight: float = real(0.5, "weight of the clean term", lo=0, hi=1, interval="[]")
 
-    def __post_init__(self) -> None:
-        from ..specs import attack
+    def validate(self, method: str) -> None:
 
-        sources = tuple(self.sources.split("+")) if isinstance(self.sources, str) else tuple(self.sources)
-        if not sources or not all(isinstance(s, str) and s.strip() for s in sources):
-            raise ValueError(f"ensemble_at: sources must name at least one static model, got {self.sources!r}")
-        object.__setattr__(self, "sources", tuple(s.strip() for s in sources))
-        check_eps("ensemble_at", self.eps)
-        check_fraction("ensemble_at", "clean_weight", self.clean_weight)
-        object.__setattr__(self, "_attack", attack(self.attack))
+        object.__setattr__(self, "sources", tuple(s.strip() for s in _sources(self.sources)))
+        object.__setattr__(self, "_attack", specs.attack(self.attack))
         object.__setattr__(self, "_static", ())
 
     def prepare(self, dataset: str) -> None:
-        from .. import zoo
 
         static = []
         for source in self.sources:

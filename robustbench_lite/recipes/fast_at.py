@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..validation import check_positive
+from ..params import flag, positive, real
 from ..registry import ATTACKS, RECIPES
 from ..threat import Threat
-from .base import Recipe, Step, check_eps, check_fraction, clean_logits
+from .base import Recipe, Step, clean_logits
 
 
 @RECIPES.register("fast_at")
@@ -28,35 +28,20 @@ class FastAT(Recipe):
     below its best (the check of Wong 2020, section 5.3), or when FGSM accuracy exceeds PGD
     accuracy by more than ``masking_gap`` (the model has learnt to mask the one-step gradient).
 
-    Args:
-        eps: L-inf radius in (0, 1) (default 0.1).
-        alpha: FGSM step; default None means 1.25 * eps.
-        random_start: start from x + U(-eps, eps) (default True; False is plain FGSM training,
-            the configuration that overfits).
-        collapse_drop: fall in training PGD accuracy, in [0, 1], that counts as a collapse
-            (default 0.2; 1 disables this check).
-        masking_gap: FGSM-minus-PGD training accuracy, in [0, 1], that counts as a collapse
-            (default 0.3; 1 disables this check).
-
     Example:
         >>> rbl train --arch smallcnn --recipe fast_at --epochs 15
     """
 
     schedule: ClassVar[str] = "cyclic"
 
-    eps: float = 0.1
-    alpha: float | None = None
-    random_start: bool = True
-    collapse_drop: float = 0.2
-    masking_gap: float = 0.3
-
-    def __post_init__(self) -> None:
-        check_eps("fast_at", self.eps)
-        check_positive("fast_at", "alpha", self.alpha)
-        check_fraction("fast_at", "collapse_drop", self.collapse_drop)
-        check_fraction("fast_at", "masking_gap", self.masking_gap)
-        if not isinstance(self.random_start, bool):
-            raise ValueError(f"fast_at: random_start must be true or false, got {self.random_start!r}")
+    eps: float = real(0.1, "L-inf radius", lo=0, hi=1, interval="()")
+    alpha: float | None = positive(None, "FGSM step; None means 1.25 * eps")
+    random_start: bool = flag(True, "start from x + U(-eps, eps); False is plain FGSM training, the "
+                                    "configuration that overfits")
+    collapse_drop: float = real(0.2, "fall in training PGD accuracy that counts as a collapse (1 disables "
+                                     "this check)", lo=0, hi=1, interval="[]")
+    masking_gap: float = real(0.3, "FGSM-minus-PGD training accuracy that counts as a collapse (1 disables "
+                                   "this check)", lo=0, hi=1, interval="[]")
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
              generator: torch.Generator, progress: float) -> Step:

@@ -9,7 +9,8 @@ from torch import nn
 
 from ..registry import ATTACKS, RECIPES
 from ..threat import Threat
-from .base import Recipe, Step, check_eps, check_fraction, mixed_loss
+from ..params import real
+from .base import Recipe, Step, mixed_loss
 
 
 @RECIPES.register("fgsm_at")
@@ -18,20 +19,12 @@ class FGSMAT(Recipe):
     """The mixed objective 0.5 * CE(x, y) + 0.5 * CE(x_fgsm, y), with x_fgsm crafted on the
     current weights (Goodfellow 2015, eq. 6 with alpha = 0.5).
 
-    Args:
-        eps: L-inf radius in (0, 1) (default 0.1).
-        clean_weight: the weight alpha of the clean term, in [0, 1] (default 0.5).
-
     Example:
         >>> rbl train --arch smallcnn --recipe fgsm_at
     """
 
-    eps: float = 0.1
-    clean_weight: float = 0.5
-
-    def __post_init__(self) -> None:
-        check_eps("fgsm_at", self.eps)
-        check_fraction("fgsm_at", "clean_weight", self.clean_weight)
+    eps: float = real(0.1, "L-inf radius", lo=0, hi=1, interval="()")
+    clean_weight: float = real(0.5, "the weight alpha of the clean term", lo=0, hi=1, interval="[]")
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
              generator: torch.Generator, progress: float) -> Step:

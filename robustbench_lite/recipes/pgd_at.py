@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..validation import check_positive, check_steps
+from ..params import integer, positive, real
 from ..registry import ATTACKS, RECIPES
 from ..threat import Threat
-from .base import Recipe, Step, check_eps, check_fraction, clean_logits
+from .base import Recipe, Step, clean_logits
 
 
 @RECIPES.register("pgd_at")
@@ -22,26 +22,15 @@ class PGDAT(Recipe):
     From scratch the min-max can stall at chance (loss ln 10), so eps may ramp up linearly
     over the first ``ramp`` fraction of training.
 
-    Args:
-        eps: L-inf radius in (0, 1) (default 0.1, the Fashion-MNIST headline).
-        steps: inner PGD steps (default 10).
-        step_size: inner step; default None means 2.5 * eps / steps.
-        ramp: fraction of training over which eps grows from 0 (default 0.2; 0 disables).
-
     Example:
         >>> rbl train --arch smallcnn --recipe pgd_at --epochs 15
     """
 
-    eps: float = 0.1
-    steps: int = 10
-    step_size: float | None = None
-    ramp: float = 0.2
-
-    def __post_init__(self) -> None:
-        check_eps("pgd_at", self.eps)
-        check_steps("pgd_at", self.steps)
-        check_positive("pgd_at", "step_size", self.step_size)
-        check_fraction("pgd_at", "ramp", self.ramp)
+    eps: float = real(0.1, "L-inf radius (0.1: the Fashion-MNIST headline)", lo=0, hi=1, interval="()")
+    steps: int = integer(10, "inner PGD steps", lo=1)
+    step_size: float | None = positive(None, "inner step; None means 2.5 * eps / steps")
+    ramp: float = real(0.2, "fraction of training over which eps grows from 0 (0 disables the ramp)",
+                       lo=0, hi=1, interval="[]")
 
     def current_eps(self, progress: float) -> float:
         return self.eps if self.ramp == 0 else self.eps * min(1.0, progress / self.ramp)

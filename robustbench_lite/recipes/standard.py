@@ -7,8 +7,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..params import value
 from ..registry import RECIPES
 from .base import Recipe, Step
+
+
+def _check_smoothing(method: str, name: str, smoothing: float) -> None:
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"{method}: {name} must be in [0, 1), got {smoothing!r}")
 
 
 @RECIPES.register("standard")
@@ -16,18 +22,12 @@ from .base import Recipe, Step
 class Standard(Recipe):
     """Cross-entropy on clean inputs; the undefended baseline every defense is compared to.
 
-    Args:
-        label_smoothing: in [0, 1) (default 0).
-
     Example:
         >>> rbl train --arch smallcnn --recipe standard
     """
 
-    label_smoothing: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"standard: label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+    label_smoothing: float = value(0.0, "label smoothing of the cross-entropy", check=_check_smoothing,
+                                  allowed="number in [0, 1)")
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
              generator: torch.Generator, progress: float) -> Step:

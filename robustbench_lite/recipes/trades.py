@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..validation import check_positive, check_steps
+from ..params import integer, positive, real
 from ..inference import eval_mode
 from ..registry import RECIPES
 from ..threat import Threat
-from .base import Recipe, Step, check_eps
+from .base import Recipe, Step
 
 
 @RECIPES.register("trades")
@@ -21,26 +21,14 @@ class TRADES(Recipe):
     """CE(f(x), y) + beta * KL(f(x) || f(x')), with x' maximising the KL term by signed
     steps from x + 0.001 * N(0, 1), projected onto the L-inf ball and [0, 1].
 
-    Args:
-        eps: L-inf radius in (0, 1) (default 0.1).
-        beta: weight of the robustness term, > 0 (default 1, the paper's MNIST value; 6 for CIFAR).
-        steps: inner steps (default 10).
-        step_size: inner step; default None means 2.5 * eps / steps.
-
     Example:
         >>> rbl train --arch smallcnn --recipe trades
     """
 
-    eps: float = 0.1
-    beta: float = 1.0
-    steps: int = 10
-    step_size: float | None = None
-
-    def __post_init__(self) -> None:
-        check_eps("trades", self.eps)
-        check_positive("trades", "beta", self.beta)
-        check_steps("trades", self.steps)
-        check_positive("trades", "step_size", self.step_size)
+    eps: float = real(0.1, "L-inf radius", lo=0, hi=1, interval="()")
+    beta: float = positive(1.0, "weight of the robustness term (1: the paper's MNIST value; 6 for CIFAR)")
+    steps: int = integer(10, "inner steps", lo=1)
+    step_size: float | None = positive(None, "inner step; None means 2.5 * eps / steps")
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
              generator: torch.Generator, progress: float) -> Step:
