@@ -327,6 +327,17 @@ def _keys_of_lying_and_honest(trained, fmnist_test):
     assert lying.batch_size == 100 and honest.batch_size is None
 
 
+def test_a_user_package_named_like_an_old_method_folder_is_not_believed(trained, fmnist_test, monkeypatch):
+    # Only robustbench_lite's own methods are believed: a user's package called ``attacks`` (the
+    # name the method folder had before the one-namespace move) is tested like any plugin.
+    monkeypatch.setattr(_LyingNoise, "__module__", "attacks.lying_noise")
+    ATTACKS.register("test_lying_noise")(_LyingNoise)
+    try:
+        assert cell_configs(trained, fmnist_test, [_LyingNoise()], [0.1], n=50, batch_size=100)[0].batch_size == 100
+    finally:
+        ATTACKS.unregister("test_lying_noise")
+
+
 def test_a_random_defense_is_keyed_by_the_batch_size(trained, fmnist_test):
     configs = [cell_configs(trained, fmnist_test, ["pgd"], [0.1], n=50, batch_size=b, defense=["gaussian_noise"])[0]
                for b in (100, 500)]
