@@ -140,10 +140,9 @@ class CellConfig:
         d = self.to_dict()
         for name in ("engine_sha256", "versions", "schema"):
             d.pop(name)
-        d["model"].pop("arch_sha256")
-        for method in d["attacks"] + d["defenses"]:
-            for k in [k for k in method if k == "code_sha256" or k.endswith("_arch_sha256") or k.endswith("code_sha256")]:
-                method.pop(k)
+        d["model"] = without_code(d["model"])
+        d["attacks"] = [without_code(m) for m in d["attacks"]]
+        d["defenses"] = [without_code(m) for m in d["defenses"]]
         return digest(d)
 
     @classmethod
@@ -161,6 +160,18 @@ class CellConfig:
     @property
     def defended(self) -> bool:
         return bool(self.defenses)
+
+
+def is_code_fingerprint(field: str) -> bool:
+    """Whether a field of a method's or model's identity fingerprints code (``code_sha256``,
+    ``arch_sha256``, ``surrogate_arch_sha256``, ...) rather than naming a setting or weights."""
+    return field in ("code_sha256", "arch_sha256") or field.endswith(("_code_sha256", "_arch_sha256"))
+
+
+def without_code(identity: dict[str, Any]) -> dict[str, Any]:
+    """An identity without its code fingerprints: what random draws are seeded from, so that a
+    re-run under changed code draws the same numbers and a difference is the code's."""
+    return {k: v for k, v in identity.items() if not is_code_fingerprint(k)}
 
 
 def worst_case_config(keys: list[str] | tuple[str, ...]) -> dict[str, Any]:

@@ -345,6 +345,55 @@ def test_a_random_defense_is_keyed_by_the_batch_size(trained, fmnist_test):
     assert cell_configs(trained, fmnist_test, ["pgd"], [0.1], n=50, batch_size=7, defense=["jpeg"])[0].batch_size is None
 
 
+def test_a_cells_draws_are_seeded_without_any_code_fingerprint(trained, fmnist_test):
+    # A purifier's own model (arch_sha256), a transfer attack's surrogate (surrogate_arch_sha256):
+    # every fingerprint of code, at any method, leaves the draws alone; weights and settings do not.
+    d = cell_configs(trained, fmnist_test, ["fgsm"], [0.1], n=20)[0].to_dict()
+    d["attacks"][0] |= {"surrogate_arch_sha256": "a" * 64, "surrogate_sha256": "b" * 64}
+    d["defenses"] = [{"defense": "magnet_reformer", "model": "dae", "weights_sha256": "c" * 64,
+                      "arch_sha256": "d" * 64, "code_sha256": "e" * 64}]
+    base = CellConfig.from_dict(d)
+    for path in (("attacks", 0, "surrogate_arch_sha256"), ("attacks", 0, "code_sha256"), ("defenses", 0, "arch_sha256"),
+                 ("defenses", 0, "code_sha256"), ("model", "arch_sha256"), ("engine_sha256",)):
+        changed = json.loads(json.dumps(d))
+        *up, last = path
+        target = changed
+        for k in up:
+            target = target[k]
+        target[last] = "f" * 64
+        other = CellConfig.from_dict(changed)
+        assert other.key != base.key and other.random_key == base.random_key, path
+    for path in (("attacks", 0, "surrogate_sha256"), ("defenses", 0, "weights_sha256"), ("defenses", 0, "model")):
+        changed = json.loads(json.dumps(d))
+        changed[path[0]][path[1]][path[2]] = "f" * 64
+        assert CellConfig.from_dict(changed).random_key != base.random_key, path
+
+
+def test_a_detector_refit_under_edited_code_draws_the_same_numbers(trained, fmnist_test, monkeypatch):
+    # rbl verify re-runs a stored cell under today's code. A detector behind a random defense is
+    # fitted through that defense's noise; the fit is redone for the new code (its cache is keyed
+    # by it) but with the same draws, so an edit that changes no arithmetic changes no threshold.
+    from robustbench_lite.defenses.base import chain
+    from robustbench_lite.engine import deploy
+
+    *pre, detector = chain(["gaussian_noise", "feature_squeeze:calibration=300"])
+    calib = fmnist_test.last(300)
+    before = deploy.fitted_detector(detector, trained, tuple(pre), calib, 0)
+    real = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda p: real(p) + (b"\n# an edit\n" if p.suffix == ".py" else b""))
+    fingerprint.clear()
+    try:
+        cached = len(deploy._FITTED)
+        after = deploy.fitted_detector(detector, trained, tuple(pre), calib, 0)
+        assert len(deploy._FITTED) == cached + 1  # fitted again under the new code, not served from the cache
+        assert after.threshold == before.threshold and after.scale == before.scale
+        other_seed = deploy.fitted_detector(detector, trained, tuple(pre), calib, 1)
+        assert other_seed.threshold != before.threshold  # the draws do move the threshold
+    finally:
+        monkeypatch.undo()
+        fingerprint.clear()
+
+
 # --- a code change invalidates exactly what it touches -----------------------------------
 
 

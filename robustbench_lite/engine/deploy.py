@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .. import devices
-from ..cell import digest
+from ..cell import digest, without_code
 from ..data import Split
 from ..defenses.base import Defense, Detector
 from ..inference import eval_mode, predict
@@ -23,7 +23,7 @@ from ..views import fit as fit_detector
 from ..zoo import LoadedModel
 
 from .guard import Guard
-from .plan import ADAPTIVE_MODES, Plan, method_identity
+from .plan import ADAPTIVE_MODES, Plan, cell_seed, method_identity
 
 _log = logging.getLogger(__name__)
 
@@ -83,16 +83,20 @@ _FITTED: dict[str, Fitted] = {}
 
 
 def fitted_detector(detector: Detector, lm: LoadedModel, pre: tuple[Defense, ...], calib: Split, seed: int) -> Fitted:
-    """Fit a detector on clean calibration points, once per model, chain and calibration set."""
-    key = digest({"weights": lm.weights_sha256, "detector": method_identity(detector)[0],
-                  "pre": [method_identity(d)[0] for d in pre], "calibration": calib.sha256(), "seed": seed,
-                  "device": str(devices.of(lm.model))})
+    """Fit a detector on clean calibration points, once per model, chain, code and calibration
+    set. The fit's draws are seeded without the code's fingerprints (as a cell's are), so that
+    ``rbl verify`` under changed code fits with the same draws."""
+    identities = [method_identity(m)[0] for m in (detector, *pre)]
+    draws = digest({"weights": lm.weights_sha256, "detector": without_code(identities[0]),
+                    "pre": [without_code(i) for i in identities[1:]], "calibration": calib.sha256(), "seed": seed,
+                    "device": str(devices.of(lm.model))})
+    key = digest({"draws": draws, "code": identities})
     if key not in _FITTED:
-        classifier = Defended(lm.model, pre, seed=int(key[:15], 16))
+        classifier = Defended(lm.model, pre, seed=cell_seed(draws, "defense"))
         with eval_mode(lm.model):
             dev = devices.of(lm.model)
             _FITTED[key] = fit_detector(detector, classifier.surface(1), lm.model, calib.floats().to(dev),
-                                        calib.labels.to(dev), seed=int(key[15:30], 16))
+                                        calib.labels.to(dev), seed=cell_seed(draws, "fit"))
         while len(_FITTED) > 16:
             _FITTED.pop(next(iter(_FITTED)))
     return _FITTED[key]
